@@ -1,0 +1,1 @@
+"""Evaluation: pass@k, maj@k and confidence intervals (``metrics``), and the tools built on them."""

@@ -1,0 +1,43 @@
+"""Exploration sources: the stochasticity injected into the latent phase of a rollout.
+
+An exploration source is anything with the three methods of :class:`Exploration`. The latent
+forward (``latentrl.models.latent``) calls them at fixed points, so a source can perturb the
+fed-back thoughts or install module hooks, record its noise per rollout, and replay it exactly
+in the update (common random numbers).
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol
+
+import torch
+
+
+class Exploration(Protocol):
+    """The seam between the latent forward and a noise source.
+
+    Shapes: ``seeds [B]`` one noise seed per row (rollout); ``h [B, D]`` a fed-back hidden state.
+    """
+
+    def session(self, model: torch.nn.Module, seeds: torch.Tensor) -> AbstractContextManager:
+        """Activate this source on ``model`` for a batch whose rows carry ``seeds``."""
+
+    def set_phase(self, phase: str, step: int = 0) -> None:
+        """Called with ``"prefill"``, then ``"latent"`` once per latent column (``step`` = 0, 1, ...), then ``"answer"``."""
+
+    def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
+        """Transform the hidden state fed back at latent ``step``; returns ``[B, D]``."""
+
+
+class NoExploration:
+    """Deterministic latent phase: nothing is perturbed."""
+
+    def session(self, model: torch.nn.Module, seeds: torch.Tensor) -> AbstractContextManager:
+        return nullcontext()
+
+    def set_phase(self, phase: str, step: int = 0) -> None:
+        return None
+
+    def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
+        return h

@@ -1,0 +1,119 @@
+"""Load or build a Hugging Face causal LM and make it ready for latent thinking."""
+
+from __future__ import annotations
+
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    GPT2Config,
+    LlamaConfig,
+    PreTrainedModel,
+    Qwen2Config,
+)
+
+from latentrl.models.tokenizer import LATENT_TOKENS, build_char_tokenizer
+
+MODEL_FAMILIES = ("gpt2", "llama", "qwen2")
+
+
+class IncompatibleModelError(ValueError):
+    """The model cannot run latent thinking (no ``inputs_embeds`` or no hidden states)."""
+
+
+def tiny_config(family: str, vocab_size: int, n_layer: int, n_embd: int, n_head: int, max_length: int, dropout: float):
+    """A small HF config of one of ``MODEL_FAMILIES`` (dropout applies where the family has it)."""
+    if family == "gpt2":
+        return GPT2Config(
+            vocab_size=vocab_size, n_positions=max_length, n_embd=n_embd, n_layer=n_layer, n_head=n_head,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout, bos_token_id=1, eos_token_id=2,
+            pad_token_id=0,
+        )  # fmt: skip
+    common = dict(
+        vocab_size=vocab_size, hidden_size=n_embd, intermediate_size=4 * n_embd, num_hidden_layers=n_layer,
+        num_attention_heads=n_head, num_key_value_heads=n_head, max_position_embeddings=max_length,
+        attention_dropout=dropout, bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=True,
+    )  # fmt: skip
+    if family == "llama":
+        return LlamaConfig(**common)
+    if family == "qwen2":
+        return Qwen2Config(**common)
+    raise ValueError(f"unknown model family {family!r}; choose one of {MODEL_FAMILIES}")
+
+
+def build_tiny_model(
+    family: str = "gpt2", n_layer: int = 4, n_embd: int = 128, n_head: int = 4, max_length: int = 256,
+    dropout: float = 0.0, seed: int = 0, tokenizer=None,
+):  # fmt: skip
+    """A freshly initialised model with the character tokenizer (latent tokens included)."""
+    tokenizer = tokenizer or build_char_tokenizer()
+    config = tiny_config(family, len(tokenizer), n_layer, n_embd, n_head, max_length, dropout)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config)
+    return model, tokenizer
+
+
+def load_model(name_or_path: str, dtype: torch.dtype | None = None):
+    """Load a model and tokenizer from a local directory or a hub id (the hub only when named)."""
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return model, tokenizer
+
+
+def add_latent_tokens(model: PreTrainedModel, tokenizer, init_from: str | None = None) -> None:
+    """Add the three Coconut markers to a tokenizer that lacks them and grow the embeddings.
+
+    New rows are initialised from the embedding of ``init_from`` (a token of the vocabulary; the
+    reference uses ``"<<"``) or, by default, from the embedding of the EOS token.
+    """
+    missing = [t for t in LATENT_TOKENS if t not in tokenizer.get_vocab()]
+    if not missing:
+        return
+    tokenizer.add_special_tokens({"additional_special_tokens": missing})
+    model.resize_token_embeddings(len(tokenizer))
+    src = tokenizer.eos_token_id if init_from is None else tokenizer.convert_tokens_to_ids(init_from)
+    with torch.no_grad():
+        for tok in missing:
+            i = tokenizer.convert_tokens_to_ids(tok)
+            model.get_input_embeddings().weight[i] = model.get_input_embeddings().weight[src]
+            head = model.get_output_embeddings()
+            if head is not None and head.weight is not model.get_input_embeddings().weight:
+                head.weight[i] = head.weight[src]
+
+
+def check_latent_support(model: PreTrainedModel) -> None:
+    """Raise :class:`IncompatibleModelError` unless the model takes ``inputs_embeds`` and returns
+    last-layer hidden states of the embedding width (what a continuous thought needs)."""
+    name = type(model).__name__
+    embed = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if not isinstance(embed, torch.nn.Embedding):
+        raise IncompatibleModelError(f"{name} has no input embedding table (get_input_embeddings)")
+    try:
+        with torch.no_grad():
+            x = embed.weight[:1][None]  # [1, 1, D]
+            out = model(inputs_embeds=x, output_hidden_states=True)
+    except Exception as err:  # noqa: BLE001 - any failure here means the model cannot do it
+        raise IncompatibleModelError(f"{name} cannot run a forward from inputs_embeds: {err}") from err
+    hidden = getattr(out, "hidden_states", None)
+    if not hidden:
+        raise IncompatibleModelError(f"{name} returns no hidden_states (output_hidden_states=True)")
+    if hidden[-1].shape[-1] != embed.embedding_dim:
+        raise IncompatibleModelError(
+            f"{name}: last hidden state has width {hidden[-1].shape[-1]} but the input embeddings "
+            f"{embed.embedding_dim}; a continuous thought cannot be fed back"
+        )
+
+
+def model_family(model_or_config) -> str:
+    config = getattr(model_or_config, "config", model_or_config)
+    return getattr(config, "model_type", "unknown")
+
+
+__all__ = [
+    "MODEL_FAMILIES", "IncompatibleModelError", "AutoConfig", "add_latent_tokens", "build_tiny_model",
+    "check_latent_support", "load_model", "model_family", "tiny_config",
+]  # fmt: skip

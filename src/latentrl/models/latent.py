@@ -1,0 +1,215 @@
+"""The latent forward pass and batched generation for every thinking mode.
+
+Shape legend: ``B`` rows (prompts x rollouts), ``L`` sequence columns, ``P`` prompt columns,
+``T`` completion tokens, ``D`` hidden size, ``V`` vocabulary, ``K`` latent columns.
+
+At a ``<|latent|>`` slot the input embedding is replaced by the last-layer hidden state of the
+previous position (HF ``hidden_states[-1]``, after the final norm). The efficient form: one forward
+over the prefix before the first latent column, one cached single-position forward per latent
+column, then one forward over the rest. Rows whose latents sit in different columns share a batch:
+at a latent column, a row without a latent there just feeds its token embedding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache, PreTrainedModel
+
+from latentrl.exploration import Exploration, NoExploration
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Positions that skip left padding: ``[B, L]`` -> ``[B, L]``."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+@dataclass
+class LatentOutput:
+    logits: torch.Tensor  # [B, L, V], or [B, 1, V] with last_only
+    past_key_values: DynamicCache
+    thoughts: torch.Tensor | None  # [B, K, D] the states fed back at the latent columns (zeros where a row had none)
+    latent_columns: torch.Tensor | None  # [K] column index of each latent step
+
+
+def _step(model, embeds, attention_mask, position_ids, cache, keep_last: bool):
+    return model(
+        inputs_embeds=embeds,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        output_hidden_states=True,
+        logits_to_keep=1 if keep_last else 0,
+    )
+
+
+def latent_forward(
+    model: PreTrainedModel,
+    input_ids: torch.Tensor,  # [B, L]
+    attention_mask: torch.Tensor,  # [B, L]
+    latent_mask: torch.Tensor,  # [B, L] bool, True at <|latent|> slots
+    exploration: Exploration | None = None,
+    last_only: bool = False,
+) -> LatentOutput:
+    """Forward with continuous thoughts; gradients flow through every thought."""
+    exploration = exploration or NoExploration()
+    embed = model.get_input_embeddings()
+    embeds = embed(input_ids)  # [B, L, D]
+    positions = position_ids_from_mask(attention_mask)
+    cache = DynamicCache(config=model.config)
+    columns = latent_mask.any(0).nonzero().flatten()  # [K]
+    L = input_ids.shape[1]
+    if len(columns) == 0:
+        exploration.set_phase("prefill")
+        out = _step(model, embeds, attention_mask, positions, cache, last_only)
+        return LatentOutput(out.logits, cache, None, None)
+    first, last = int(columns[0]), int(columns[-1])
+    if first == 0:
+        raise ValueError("a latent slot cannot be the first column: it needs a previous hidden state")
+
+    exploration.set_phase("prefill")
+    out = _step(model, embeds[:, :first], attention_mask[:, :first], positions[:, :first], cache, last_only)
+    logits = [out.logits]
+    h = out.hidden_states[-1][:, -1]  # [B, D]
+    thoughts = []
+    for step, col in enumerate(range(first, last + 1)):
+        exploration.set_phase("latent", step)
+        is_latent = latent_mask[:, col, None]  # [B, 1]
+        thought = exploration.thought(h, step)
+        thoughts.append(torch.where(is_latent, thought, torch.zeros_like(thought)))
+        x = torch.where(is_latent, thought, embeds[:, col])  # [B, D]
+        out = _step(model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1], cache, last_only)
+        logits.append(out.logits)
+        h = out.hidden_states[-1][:, -1]
+    exploration.set_phase("answer")
+    if last + 1 < L:
+        out = _step(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last_only)
+        logits.append(out.logits)
+    logits = logits[-1] if last_only else torch.cat(logits, dim=1)
+    return LatentOutput(logits, cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
+
+
+def sample_next(
+    logits: torch.Tensor,  # [B, V]
+    temperature: float,
+    top_p: float = 1.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:  # [B]
+    """Greedy when ``temperature == 0``; else nucleus sampling from ``softmax(logits / temperature)``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
+        sorted_p = sorted_p.masked_fill(outside, 0.0)
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class Generation:
+    """Output of :func:`generate`. Rows are grouped: rollouts of prompt i are rows ``i*G .. i*G+G-1``."""
+
+    prompt_ids: torch.Tensor  # [B, P] left padded
+    prompt_mask: torch.Tensor  # [B, P]
+    latent_mask: torch.Tensor  # [B, P] bool
+    completion_ids: torch.Tensor  # [B, T] right padded with pad id
+    completion_mask: torch.Tensor  # [B, T] 1 up to and including eos
+    sample_logps: torch.Tensor  # [B, T] log-prob of each sampled token under softmax(logits / T)
+    truncated: torch.Tensor  # [B] bool, no eos within max_new_tokens
+    thoughts: torch.Tensor | None  # [B, K, D]
+    seeds: torch.Tensor  # [B] exploration seed of each row
+
+
+def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rows`` -> (ids ``[B, P]``, mask ``[B, P]``), right-aligned."""
+    P = max(len(r) for r in rows)
+    ids = torch.full((len(rows), P), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), P), dtype=torch.long)
+    for b, r in enumerate(rows):
+        ids[b, P - len(r) :] = torch.tensor(r, dtype=torch.long)
+        mask[b, P - len(r) :] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    prompts: list[list[int]],
+    *,
+    latent_token_id: int | None,
+    eos_token_id: int,
+    pad_token_id: int,
+    num_generations: int = 1,
+    max_new_tokens: int = 64,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    exploration: Exploration | None = None,
+    seeds: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> Generation:
+    """Batched generation: latent phase on the KV cache, then cached answer decoding."""
+    exploration = exploration or NoExploration()
+    rows = [p for p in prompts for _ in range(num_generations)]
+    prompt_ids, prompt_mask = left_pad(rows, pad_token_id)
+    B, device = len(rows), model.device
+    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    latent = prompt_ids == latent_token_id if latent_token_id is not None else torch.zeros_like(prompt_ids, dtype=torch.bool)
+    latent &= prompt_mask.bool()
+    seeds = torch.zeros(B, dtype=torch.long) if seeds is None else seeds
+    with exploration.session(model, seeds):
+        out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True)
+        cache, logits = out.past_key_values, out.logits[:, -1]
+        mask = prompt_mask
+        next_pos = position_ids_from_mask(prompt_mask)[:, -1:] + 1  # [B, 1]
+        tokens, logps = [], []
+        done = torch.zeros(B, dtype=torch.bool, device=device)
+        for _ in range(max_new_tokens):
+            tok = sample_next(logits, temperature, top_p, generator)
+            tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
+            scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+            logps.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1))
+            tokens.append(tok)
+            done = done | (tok == eos_token_id)
+            if bool(done.all()):
+                break
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step = model(
+                input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
+            )
+            cache, logits, next_pos = step.past_key_values, step.logits[:, -1], next_pos + 1
+    completion = torch.stack(tokens, dim=1)  # [B, T]
+    is_eos = completion == eos_token_id
+    after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    completion_mask = (~after_eos).long()
+    completion = completion.masked_fill(after_eos, pad_token_id)
+    sample_logps = torch.stack(logps, dim=1).masked_fill(after_eos, 0.0)
+    return Generation(
+        prompt_ids, prompt_mask, latent, completion, completion_mask, sample_logps, ~is_eos.any(1), out.thoughts, seeds
+    )
+
+
+@torch.no_grad()
+def naive_generate(
+    model: PreTrainedModel, prompt: list[int], *, latent_token_id: int | None, eos_token_id: int, max_new_tokens: int
+) -> list[int]:
+    """The definition, for tests and benchmarks: batch 1, no cache, the whole prefix recomputed at
+    every thought and every answer token, greedy decoding."""
+    embed = model.get_input_embeddings()
+    seq = [embed.weight[t] for t in prompt]  # list of [D]
+    for t, tok in enumerate(prompt):
+        if tok == latent_token_id:
+            hidden = model(inputs_embeds=torch.stack(seq[:t])[None], output_hidden_states=True).hidden_states[-1]
+            seq[t] = hidden[0, -1]
+    completion: list[int] = []
+    for _ in range(max_new_tokens):
+        logits = model(inputs_embeds=torch.stack(seq)[None]).logits[0, -1]
+        tok = int(logits.argmax())
+        completion.append(tok)
+        if tok == eos_token_id:
+            break
+        seq.append(embed.weight[tok])
+    return completion
