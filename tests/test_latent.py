@@ -41,7 +41,7 @@ def test_batched_latent_forward_matches_naive_per_row(family):
     model, tok = tiny(family)
     cfg = ThinkingConfig.from_tokenizer(tok, "coconut", thoughts_per_step=2)
     # rows at different curriculum stages: latents at different columns and counts
-    enc = [encode_example(tok, q, s, a, cfg, stage=st) for q, s, a, st in zip(QUESTIONS, STEPS, ANSWERS, [1, 0, 3, 1])]
+    enc = [encode_example(tok, q, s, a, cfg, min(st, len(s)), 2 * min(st, len(s))) for q, s, a, st in zip(QUESTIONS, STEPS, ANSWERS, [1, 0, 3, 1])]
     batch = collate(enc, tok.pad_token_id, cfg.latent_token_id)
     with torch.no_grad():
         out = latent_forward(model, batch.input_ids, batch.attention_mask, batch.latent_mask)
@@ -84,7 +84,7 @@ class ProbeThoughts:
 def test_gradient_flows_through_every_thought():
     model, tok = tiny("gpt2")
     cfg = ThinkingConfig.from_tokenizer(tok, "coconut")
-    enc = [encode_example(tok, QUESTIONS[2], STEPS[2], ANSWERS[2], cfg, stage=3)]
+    enc = [encode_example(tok, QUESTIONS[2], STEPS[2], ANSWERS[2], cfg, 3, 3)]
     batch = collate(enc, tok.pad_token_id, cfg.latent_token_id)
     probe = ProbeThoughts(3, 32)
     out = latent_forward(model, batch.input_ids, batch.attention_mask, batch.latent_mask, probe)

@@ -44,6 +44,12 @@ def save_checkpoint(directory, model, tokenizer, thinking: ThinkingConfig, train
 
 def load_checkpoint(directory, dtype: torch.dtype | None = None):
     """``(model, tokenizer, thinking)`` from a checkpoint directory or a hub id."""
+    text = str(directory)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1 or Path(text).exists()
+    if looks_local and not Path(text).expanduser().is_dir():
+        raise FileNotFoundError(f"checkpoint directory not found: {text}")
+    if looks_local and not Path(text, "config.json").exists():
+        raise FileNotFoundError(f"{text} is not a Hugging Face checkpoint (no config.json)")
     model, tokenizer = load_model(str(directory), dtype=dtype)
     thinking = ThinkingConfig.load(directory) if Path(directory).is_dir() else ThinkingConfig()
     return model, tokenizer, thinking

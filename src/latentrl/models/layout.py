@@ -97,29 +97,36 @@ def encode_prompt(tokenizer, question: str, cfg: ThinkingConfig, num_latents: in
     return ids
 
 
-def encode_example(
-    tokenizer, question: str, steps, answer: str, cfg: ThinkingConfig, stage: int = 0, pad_latents_to: int | None = None
-) -> Encoded:
-    """Encode a training example at curriculum ``stage``.
+def stage_plan(num_steps: int, stage: int, max_latent_stage: int, c: int, pad_latent_to_max: bool) -> tuple[int, int]:
+    """Curriculum stage -> ``(steps removed, latent thoughts)`` for an example of ``num_steps`` steps.
 
-    Coconut: the first ``stage`` language steps are replaced by ``stage * c`` thoughts (capped at the
-    number of steps); when ``pad_latents_to`` is given and every step is removed, the thought count is
-    padded up to it (``pad_latent_to_max``). ``discrete`` keeps all steps, ``nocot`` none.
+    Stage ``s <= max_latent_stage`` replaces the first ``s`` language steps by ``s * c`` thoughts;
+    past ``max_latent_stage`` every step is removed and the thoughts stay at
+    ``min(num_steps, max_latent_stage) * c``, or ``max_latent_stage * c`` with ``pad_latent_to_max``.
     """
+    if stage > max_latent_stage:
+        k = max_latent_stage if pad_latent_to_max else min(num_steps, max_latent_stage)
+        return num_steps, k * c
+    removed = min(stage, num_steps)
+    return removed, removed * c
+
+
+def encode_example(
+    tokenizer, question: str, steps, answer: str, cfg: ThinkingConfig, removed_steps: int = 0, num_latents: int = 0
+) -> Encoded:
+    """Encode a training example: the first ``removed_steps`` language steps dropped and
+    ``num_latents`` thoughts in the prompt (latent modes); ``nocot`` drops every step."""
     steps = list(steps)
-    k = 0
     if cfg.thinking_mode == "nocot":
         steps = []
     elif cfg.thinking_mode in ("coconut", "soft"):
-        removed = min(stage, len(steps))
-        k = removed * cfg.thoughts_per_step
-        if pad_latents_to is not None and removed == len(steps):
-            k = max(k, pad_latents_to)
-        steps = steps[removed:]
-    prompt = encode_prompt(tokenizer, question, cfg, num_latents=k)
+        steps = steps[removed_steps:]
+    else:
+        num_latents = 0
+    prompt = encode_prompt(tokenizer, question, cfg, num_latents=num_latents)
     completion = tokenizer(completion_text(steps, answer, cfg.answer_prefix), add_special_tokens=False).input_ids
     completion = completion + [tokenizer.eos_token_id]
-    return Encoded(prompt + completion, [-100] * len(prompt) + completion, len(prompt), k)
+    return Encoded(prompt + completion, [-100] * len(prompt) + completion, len(prompt), num_latents)
 
 
 @dataclass

@@ -1,0 +1,133 @@
+"""``latentrl`` command line: ``sft``, ``eval``, ``data export``, ``demo``.
+
+Commands that train take ``--config FILE`` plus ``key=value`` overrides of their config dataclass
+(``latentrl sft --help`` lists the keys). Errors in input end with one line naming the problem.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from latentrl.config import ConfigError, config_help, load_config
+
+
+class CLIError(Exception):
+    """A user error reported as ``latentrl: error: ...`` with exit status 2."""
+
+
+def _config_command(sub, name: str, cls, help_text: str):
+    p = sub.add_parser(name, help=help_text, description=help_text + "\n\nconfig keys:\n" + config_help(cls),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--config", help="YAML recipe (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override a config key")
+    return p
+
+
+def cmd_sft(args) -> None:
+    from latentrl.train.sft import SFTConfig, train_sft
+
+    cfg = load_config(SFTConfig, args.config, args.overrides)
+    print(f"final checkpoint: {train_sft(cfg)}")
+
+
+def cmd_eval(args) -> None:
+    import json
+
+    from latentrl.eval.evaluate import EvalConfig, run_eval
+
+    flags = {"checkpoint": args.checkpoint, "task": args.task, "data_path": args.data, "n": args.n,
+             "samples": args.samples, "out": args.out, "split": args.split, "seed": args.seed,
+             "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
+             "batch_size": args.batch_size, "num_latents": args.num_latents}  # fmt: skip
+    given = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(EvalConfig, args.config, given + args.overrides)
+    if not cfg.checkpoint:
+        raise CLIError("eval needs --checkpoint DIR")
+    result = run_eval(cfg)
+    print(json.dumps(result.metrics, indent=2))
+    print(f"wrote {cfg.out}/metrics.json and {cfg.out}/predictions.jsonl")
+
+
+def cmd_data_export(args) -> None:
+    from latentrl.tasks import load_examples, write_jsonl
+
+    knobs = dict(_parse_knob(k) for k in args.knobs)
+    examples = load_examples(args.task, args.split, args.n, args.seed, args.path, **knobs)
+    write_jsonl(examples, args.out)
+    print(f"wrote {len(examples)} {args.split} examples of {args.task} to {args.out}")
+
+
+def _parse_knob(item: str):
+    import yaml
+
+    if "=" not in item:
+        raise CLIError(f"expected key=value, got {item!r}")
+    key, raw = item.split("=", 1)
+    return key, yaml.safe_load(raw)
+
+
+def cmd_demo(args) -> None:
+    from latentrl.demo import DemoConfig, run_demo
+
+    cfg = load_config(DemoConfig, args.config, args.overrides)
+    run_demo(cfg)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from latentrl.demo import DemoConfig
+    from latentrl.eval.evaluate import EvalConfig
+    from latentrl.train.sft import SFTConfig
+
+    parser = argparse.ArgumentParser(prog="latentrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _config_command(sub, "sft", SFTConfig, "Supervised training: CoT, no-CoT, Coconut curriculum.").set_defaults(fn=cmd_sft)
+    _config_command(sub, "demo", DemoConfig, "The CPU demo: tiny model, CoT, no-CoT, Coconut, evaluation.").set_defaults(fn=cmd_demo)
+
+    ev = _config_command(sub, "eval", EvalConfig, "Evaluate a checkpoint: accuracy, pass@k, maj@k, tokens used.")
+    ev.add_argument("--checkpoint")
+    ev.add_argument("--task", help="synthetic task name or file format")
+    ev.add_argument("--data", help="JSONL file with question/steps/answer")
+    ev.add_argument("--split")
+    ev.add_argument("--n", type=int)
+    ev.add_argument("--samples", type=int, help="sampled completions per example (pass@k, maj@k for k <= samples)")
+    ev.add_argument("--temperature", type=float)
+    ev.add_argument("--max-new-tokens", type=int)
+    ev.add_argument("--batch-size", type=int)
+    ev.add_argument("--num-latents", type=int)
+    ev.add_argument("--seed", type=int)
+    ev.add_argument("--out")
+    ev.set_defaults(fn=cmd_eval)
+
+    data = sub.add_parser("data", help="Datasets: export a task as JSONL.")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    ex = data_sub.add_parser("export", help="Write a task's examples as JSONL (question, steps, answer).")
+    ex.add_argument("--task", required=True)
+    ex.add_argument("--split", default="test")
+    ex.add_argument("--n", type=int)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--path", help="input file for file formats (gsm8k, gsm8k-aug, coconut, jsonl)")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs, e.g. num_steps=5")
+    ex.set_defaults(fn=cmd_data_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from latentrl.models import IncompatibleModelError
+    from latentrl.tasks import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except (CLIError, ConfigError, DataError, IncompatibleModelError, FileNotFoundError) as err:
+        if os.environ.get("LATENTRL_DEBUG"):
+            raise
+        print(f"latentrl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

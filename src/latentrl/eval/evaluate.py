@@ -1,0 +1,143 @@
+"""``latentrl eval``: greedy accuracy, pass@k, maj@k and tokens used, for any thinking mode.
+
+Outputs ``metrics.json`` and ``predictions.jsonl`` (one line per example of the greedy run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from latentrl.eval.metrics import mean_maj_at_k, mean_pass_at_k
+from latentrl.models import ThinkingConfig, encode_prompt, generate
+from latentrl.rewards import answers_match, extract_answer, normalize_answer
+
+
+@dataclass
+class EvalConfig:
+    """Config of ``latentrl eval``."""
+
+    checkpoint: str = field(default="", metadata={"help": "Checkpoint directory (or hub id)."})
+    task: str | None = field(default=None, metadata={"help": "Task name (synthetic) or file format."})
+    data_path: str | None = field(default=None, metadata={"help": "A JSONL file of question/steps/answer."})
+    split: str = field(default="test", metadata={"help": "Split of a synthetic task."})
+    n: int | None = field(default=200, metadata={"help": "Examples evaluated (None: all of a file)."})
+    samples: int = field(default=1, metadata={"help": "Sampled completions per example for pass@k / maj@k."})
+    temperature: float = field(default=1.0, metadata={"help": "Temperature of the sampled completions."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus of the sampled completions."})
+    max_new_tokens: int = field(default=64, metadata={"help": "Completion length cap."})
+    num_latents: int | None = field(default=None, metadata={"help": "Thoughts at inference (default: latentrl.json)."})
+    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
+    seed: int = field(default=0, metadata={"help": "Seed of the task data and of sampling."})
+    task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Generator knobs."})
+    out: str = field(default="runs/eval", metadata={"help": "Output directory."})
+
+
+@dataclass
+class EvalResult:
+    metrics: dict
+    predictions: list[dict]
+
+
+def ks_up_to(samples: int) -> list[int]:
+    """Powers of two below ``samples``, and ``samples`` itself."""
+    ks, k = [], 1
+    while k < samples:
+        ks.append(k)
+        k *= 2
+    return ks + [samples]
+
+
+def _decode_completions(tokenizer, gen) -> list[str]:
+    return [
+        tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
+        for ids, mask in zip(gen.completion_ids, gen.completion_mask)
+    ]
+
+
+def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float, desc: str):
+    gen_kwargs = dict(latent_token_id=thinking.latent_token_id, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, max_new_tokens=cfg.max_new_tokens,
+                      temperature=temperature, top_p=cfg.top_p)  # fmt: skip
+    generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
+    per_batch = max(1, cfg.batch_size // samples)
+    texts, completion_ids, lengths = [], [], []
+    for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=os.environ.get("CI") == "true"):
+        gen = generate(model, prompts[i : i + per_batch], num_generations=samples, generator=generator, **gen_kwargs)
+        texts += _decode_completions(tokenizer, gen)
+        completion_ids += [ids[m.bool()].tolist() for ids, m in zip(gen.completion_ids, gen.completion_mask)]
+        lengths += gen.completion_mask.sum(1).tolist()
+    return texts, completion_ids, lengths
+
+
+def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConfig) -> EvalResult:
+    """Greedy run for accuracy and predictions; ``cfg.samples`` sampled runs for pass@k and maj@k."""
+    model.eval()
+    prompts = [encode_prompt(tokenizer, ex.question, thinking, cfg.num_latents) for ex in examples]
+    latents = [sum(t == thinking.latent_token_id for t in p) for p in prompts]
+    texts, completion_ids, lengths = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy")
+    predictions, correct = [], []
+    for ex, prompt, text, ids in zip(examples, prompts, texts, completion_ids):
+        pred = extract_answer(text)
+        ok = answers_match(pred, ex.answer)
+        correct.append(ok)
+        predictions.append(dict(question=ex.question, answer=ex.answer, prompt_ids=prompt, completion_ids=ids,
+                                completion=text, prediction=pred, correct=ok))  # fmt: skip
+    n = len(examples)
+    metrics = {
+        "n": n,
+        "accuracy": sum(correct) / n,
+        "mean_latent_tokens": sum(latents) / n,
+        "mean_completion_tokens": sum(lengths) / n,
+        "mean_tokens": (sum(latents) + sum(lengths)) / n,  # thoughts count as generated tokens
+        "num_latents": max(latents) if latents else 0,
+        "thinking_mode": thinking.thinking_mode,
+    }
+    if cfg.samples > 1:
+        texts, _, lengths = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, cfg.samples, cfg.temperature, "sampled")
+        K = cfg.samples
+        preds = [[extract_answer(t) for t in texts[i * K : (i + 1) * K]] for i in range(n)]
+        hits = [[answers_match(p, ex.answer) for p in row] for row, ex in zip(preds, examples)]
+        normed = [[normalize_answer(p) if p is not None else None for p in row] for row in preds]
+        golds = [ex.answer for ex in examples]
+        for k in ks_up_to(K):
+            metrics[f"pass@{k}"] = mean_pass_at_k(hits, k)
+            metrics[f"maj@{k}"] = mean_maj_at_k(normed, golds, k, match=answers_match)
+        metrics["samples"] = K
+        metrics["sample_temperature"] = cfg.temperature
+        metrics["mean_sampled_tokens"] = (sum(latents) * K + sum(lengths)) / (n * K)
+    return EvalResult(metrics, predictions)
+
+
+def write_eval(result: EvalResult, out: str | os.PathLike) -> None:
+    """``metrics.json`` and ``predictions.jsonl`` in ``out``, each written atomically."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "metrics.json.tmp"
+    tmp.write_text(json.dumps(result.metrics, indent=2) + "\n")
+    os.replace(tmp, out / "metrics.json")
+    tmp = out / "predictions.jsonl.tmp"
+    with tmp.open("w") as f:
+        for row in result.predictions:
+            f.write(json.dumps(row) + "\n")
+    os.replace(tmp, out / "predictions.jsonl")
+
+
+def run_eval(cfg: EvalConfig) -> EvalResult:
+    """Load the checkpoint and the examples, evaluate, write the outputs."""
+    from latentrl.models import load_checkpoint
+    from latentrl.tasks import load_examples
+
+    if cfg.task is None and cfg.data_path is None:
+        raise ValueError("give --task NAME or --data FILE")
+    task = cfg.task or "jsonl"
+    examples = load_examples(task, cfg.split, cfg.n, cfg.seed, cfg.data_path, **cfg.task_kwargs)
+    model, tokenizer, thinking = load_checkpoint(cfg.checkpoint)
+    result = evaluate(model, tokenizer, thinking, examples, cfg)
+    write_eval(result, cfg.out)
+    return result

@@ -1,0 +1,120 @@
+"""What every trainer shares: logging, checkpoint discovery, seeding, the model to start from."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentrl.models import build_tiny_model, check_latent_support, load_checkpoint
+from latentrl.models.build import add_latent_tokens
+from latentrl.models.layout import ThinkingConfig
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class RunLogger:
+    """JSONL always (``log.jsonl``, appended, so a resumed run continues it); TensorBoard when asked."""
+
+    def __init__(self, output_dir: str | Path, report_to: list[str], enabled: bool = True):
+        self.enabled = enabled
+        self.path = Path(output_dir) / "log.jsonl"
+        self.tb = None
+        if enabled and "tensorboard" in report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:  # pragma: no cover - depends on the install
+                raise RuntimeError("report_to includes 'tensorboard' but tensorboard is not installed") from err
+            self.tb = SummaryWriter(str(Path(output_dir) / "tensorboard"))
+
+    def log(self, step: int, metrics: dict) -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "time": round(time.time(), 3), **metrics}
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tb is not None:
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)):
+                    self.tb.add_scalar(key, value, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def read_log(path: str | Path) -> list[dict]:
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The ``checkpoint-<step>`` directory with the highest step, or None."""
+    found = []
+    for p in Path(output_dir).glob("checkpoint-*"):
+        m = _CHECKPOINT.match(p.name)
+        if m and p.is_dir():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None
+
+
+def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` ``checkpoint-<step>`` directories."""
+    import shutil
+
+    found = sorted(
+        (int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))
+    )
+    for _, p in found[: max(0, len(found) - keep)]:
+        shutil.rmtree(p)
+
+
+def load_or_build(model_name_or_path: str | None, tiny: dict, seed: int):
+    """``(model, tokenizer, thinking)``: a checkpoint / hub model, or a fresh tiny model.
+
+    The model is checked for what continuous thoughts need, and the latent tokens are added
+    when the tokenizer lacks them.
+    """
+    if model_name_or_path:
+        model, tokenizer, thinking = load_checkpoint(model_name_or_path)
+    else:
+        model, tokenizer = build_tiny_model(seed=seed, **tiny)
+        thinking = ThinkingConfig()
+    check_latent_support(model)
+    add_latent_tokens(model, tokenizer)
+    return model, tokenizer, thinking
+
+
+def rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def average_gradients(model: torch.nn.Module, accelerator) -> None:
+    """All-reduce (mean) the gradients over processes, as DDP would; a no-op on one process.
+
+    The latent forward calls the model many times per backward, which DDP's hooks do not allow,
+    so the trainers keep the bare model and synchronise here.
+    """
+    if accelerator.num_processes == 1:
+        return
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
