@@ -41,3 +41,22 @@ class NoExploration:
 
     def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
         return h
+
+
+from latentrl.exploration.dropout import DropoutExploration  # noqa: E402
+from latentrl.exploration.gaussian import GaussianExploration  # noqa: E402
+
+EXPLORATIONS = {"none": NoExploration, "dropout": DropoutExploration, "gaussian": GaussianExploration}
+
+
+def make_exploration(name: str, **kwargs) -> Exploration:
+    """An exploration source by name: ``none``, ``dropout`` (p, scope, sites, cover_prefill,
+    cover_answer) or ``gaussian`` (sigma, scope)."""
+    if name not in EXPLORATIONS:
+        raise ValueError(f"unknown exploration {name!r}; choose one of {sorted(EXPLORATIONS)}")
+    return EXPLORATIONS[name](**kwargs)
+
+
+__all__ = [
+    "EXPLORATIONS", "DropoutExploration", "Exploration", "GaussianExploration", "NoExploration", "make_exploration",
+]  # fmt: skip
