@@ -199,19 +199,23 @@ def test_policy_loss_hand_worked(loss_type, kwargs, expected):
     loss, metrics = policy_loss(HAND_LOGPS, HAND_OLD, HAND_ADV, HAND_MASK, loss_type=loss_type, **kwargs)
     assert loss.item() == pytest.approx(expected, abs=1e-12)
     assert metrics == pytest.approx(
-        {"clip_ratio/low_mean": 1 / 3, "clip_ratio/high_mean": 1 / 3, "clip_ratio/region_mean": 2 / 3, "ratio/mean": 1.0}
+        {
+            "clip_ratio/low_mean": 1 / 3,
+            "clip_ratio/high_mean": 1 / 3,
+            "clip_ratio/region_mean": 2 / 3,
+            "ratio/mean": 1.0,
+        }
     )
     assert "kl" not in metrics
 
 
 def test_policy_loss_hand_worked_sequence_level_and_clip_higher():
     # Row 0's sequence ratio is exp(mean(ln 1.5, 0)) = sqrt(1.5) = 1.2247: clipped at 1.2, not at 1.28.
-    loss, metrics = policy_loss(HAND_LOGPS, HAND_OLD, HAND_ADV, HAND_MASK, loss_type="grpo", importance_sampling_level="sequence")
+    args = (HAND_LOGPS, HAND_OLD, HAND_ADV, HAND_MASK)
+    loss, metrics = policy_loss(*args, loss_type="grpo", importance_sampling_level="sequence")
     assert loss.item() == pytest.approx((-1.2 + 0.8) / 2, abs=1e-12)
     assert metrics["clip_ratio/high_mean"] == pytest.approx(2 / 3)  # both active tokens of row 0
-    loss, metrics = policy_loss(
-        HAND_LOGPS, HAND_OLD, HAND_ADV, HAND_MASK, loss_type="grpo", importance_sampling_level="sequence", epsilon_high=0.28
-    )
+    loss, metrics = policy_loss(*args, loss_type="grpo", importance_sampling_level="sequence", epsilon_high=0.28)
     assert loss.item() == pytest.approx((-math.sqrt(1.5) + 0.8) / 2, abs=1e-12)
     assert metrics["clip_ratio/high_mean"] == 0.0
 
@@ -219,7 +223,8 @@ def test_policy_loss_hand_worked_sequence_level_and_clip_higher():
 def test_zero_advantage_is_never_counted_as_clipped():
     # w = 0.5 and w = 2.0 lie outside [0.8, 1.2], but with A = 0 there is no gradient to clip.
     logps = torch.tensor([[LN(0.5), LN(2.0)]], dtype=torch.float64)
-    loss, metrics = policy_loss(logps, torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64), torch.ones(1, 2))
+    old, adv = torch.zeros(1, 2, dtype=torch.float64), torch.zeros(1, dtype=torch.float64)
+    loss, metrics = policy_loss(logps, old, adv, torch.ones(1, 2))
     assert loss.item() == 0.0
     assert metrics["clip_ratio/region_mean"] == 0.0 and metrics["ratio/mean"] == pytest.approx(1.25)
 
@@ -229,9 +234,8 @@ def test_k3_kl_hand_worked():
     logps = torch.tensor([[0.0, -1.0]], dtype=torch.float64)
     ref = torch.tensor([[LN(2.0), -1.0]], dtype=torch.float64)
     torch.testing.assert_close(k3_kl(logps, ref), torch.tensor([[1 - LN(2.0), 0.0]], dtype=torch.float64))
-    loss, metrics = policy_loss(
-        logps, logps.detach(), torch.zeros(1, dtype=torch.float64), torch.ones(1, 2), ref_logps=ref, beta=0.04, loss_type="bnpo"
-    )
+    adv = torch.zeros(1, dtype=torch.float64)
+    loss, metrics = policy_loss(logps, None, adv, torch.ones(1, 2), ref_logps=ref, beta=0.04, loss_type="bnpo")
     assert metrics["kl"] == pytest.approx((1 - LN(2.0)) / 2)
     assert loss.item() == pytest.approx(0.04 * (1 - LN(2.0)) / 2)
 
@@ -241,7 +245,15 @@ def test_k3_kl_hand_worked():
 
 @pytest.mark.parametrize(
     ("loss_type", "scale", "level", "beta", "eps_high"),
-    list(itertools.product(["grpo", "bnpo", "dr_grpo", "dapo"], ["group", "batch", "none"], ["token", "sequence"], [0.0, 0.04], [None, 0.28])),
+    list(
+        itertools.product(
+            ["grpo", "bnpo", "dr_grpo", "dapo"],
+            ["group", "batch", "none"],
+            ["token", "sequence"],
+            [0.0, 0.04],
+            [None, 0.28],
+        )
+    ),
 )
 def test_policy_loss_matches_naive(loss_type, scale, level, beta, eps_high):
     logps, old, ref, mask, _ = random_batch(seed=7)
@@ -288,8 +300,9 @@ def test_padding_values_never_matter():
     nan_logps = logps.masked_fill(pad, math.nan).requires_grad_(True)
     inf_old, inf_ref = old.masked_fill(pad, -math.inf), ref.masked_fill(pad, math.inf)
     for level in ("token", "sequence"):
-        clean, clean_metrics = policy_loss(logps, old, adv, mask, ref_logps=ref, beta=0.04, importance_sampling_level=level)
-        dirty, dirty_metrics = policy_loss(nan_logps, inf_old, adv, mask, ref_logps=inf_ref, beta=0.04, importance_sampling_level=level)
+        kwargs = {"beta": 0.04, "importance_sampling_level": level}
+        clean, clean_metrics = policy_loss(logps, old, adv, mask, ref_logps=ref, **kwargs)
+        dirty, dirty_metrics = policy_loss(nan_logps, inf_old, adv, mask, ref_logps=inf_ref, **kwargs)
         torch.testing.assert_close(dirty, clean)
         assert dirty_metrics == pytest.approx(clean_metrics)
         (grad,) = torch.autograd.grad(dirty, nan_logps)
@@ -374,7 +387,8 @@ def test_bnpo_is_not_accumulation_invariant():
     """Why dapo exists: bnpo's per-micro-batch normaliser breaks the sum (the test above can fail)."""
     logps, old, _, mask, adv = random_batch(seed=8)
     whole, _ = policy_loss(logps, old, adv, mask, loss_type="bnpo")
-    parts = sum(policy_loss(logps[r], old[r], adv[r], mask[r], loss_type="bnpo")[0] for r in (slice(0, 3), slice(3, 8)))
+    halves = (slice(0, 3), slice(3, 8))
+    parts = sum(policy_loss(logps[r], old[r], adv[r], mask[r], loss_type="bnpo")[0] for r in halves)
     assert abs(parts.item() - whole.item()) > 1e-3
 
 

@@ -1,4 +1,4 @@
-"""``latentrl`` command line: ``sft``, ``eval``, ``data export``, ``demo``.
+"""``latentrl`` command line: ``sft``, ``grpo``, ``eval``, ``data export``, ``demo``.
 
 Commands that train take ``--config FILE`` plus ``key=value`` overrides of their config dataclass
 (``latentrl sft --help`` lists the keys). Errors in input end with one line naming the problem.
@@ -30,6 +30,13 @@ def cmd_sft(args) -> None:
 
     cfg = load_config(SFTConfig, args.config, args.overrides)
     print(f"final checkpoint: {train_sft(cfg)}")
+
+
+def cmd_grpo(args) -> None:
+    from latentrl.train.grpo import GRPOConfig, train_grpo
+
+    cfg = load_config(GRPOConfig, args.config, args.overrides)
+    print(f"final checkpoint: {train_grpo(cfg)}")
 
 
 def cmd_eval(args) -> None:
@@ -78,11 +85,13 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from latentrl.demo import DemoConfig
     from latentrl.eval.evaluate import EvalConfig
+    from latentrl.train.grpo_config import GRPOConfig
     from latentrl.train.sft import SFTConfig
 
     parser = argparse.ArgumentParser(prog="latentrl", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     _config_command(sub, "sft", SFTConfig, "Supervised training: CoT, no-CoT, Coconut curriculum.").set_defaults(fn=cmd_sft)
+    _config_command(sub, "grpo", GRPOConfig, "GRPO post-training; Dropout-GRPO with exploration=dropout.").set_defaults(fn=cmd_grpo)
     _config_command(sub, "demo", DemoConfig, "The CPU demo: tiny model, CoT, no-CoT, Coconut, evaluation.").set_defaults(fn=cmd_demo)
 
     ev = _config_command(sub, "eval", EvalConfig, "Evaluate a checkpoint: accuracy, pass@k, maj@k, tokens used.")
