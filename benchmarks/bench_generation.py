@@ -97,6 +97,7 @@ def main(argv: list[str] | None = None) -> dict:
     def naive_row(r: int) -> list[int]:
         return naive_generate(model, rows[r], latent_token_id=cfg.latent_token_id, eos_token_id=NEVER, max_new_tokens=T)
 
+    load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
     # warm-up (also sizes the naive subset)
     cached()
     start = time.perf_counter()
@@ -129,6 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
             "cpu_count": os.cpu_count(),
             "torch_threads": torch.get_num_threads(),
             "platform": platform.platform(),
+            "loadavg_before": load_before,  # 1/5/15-min load: other processes skew the timings
+            "loadavg_after": os.getloadavg() if hasattr(os, "getloadavg") else None,
         },
         "setup": {
             "family": args.family,
@@ -183,6 +186,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"{'path':<8} {'s / 64 rollouts':>16} {'rollouts/s':>11} {'tokens/s':>10}".replace("64", str(args.rollouts)))
     print(f"{'cached':<8} {cached_s:>16.3f} {c['rollouts_per_s']:>11.1f} {c['tokens_per_s']:>10.0f}")
     print(f"{'naive':<8} {naive_scaled:>16.3f} {n['rollouts_per_s']:>11.1f} {n['tokens_per_s']:>10.0f}{note}")
+    if load_before and load_before[0] > (os.cpu_count() or 1):
+        print(f"warning: load average {load_before[0]:.1f} on {os.cpu_count()} CPUs: other processes skew the timings")
     print(f"speedup {result['speedup']:.1f}x (target >= 20x); tokens identical on {n_naive} rows; wrote {out}")
     return result
 

@@ -1,4 +1,4 @@
-"""``latentrl`` command line: ``sft``, ``grpo``, ``eval``, ``data export``, ``demo``.
+"""``latentrl`` command line: ``sft``, ``grpo``, ``sweep``, ``eval``, ``data export``, ``demo``.
 
 Commands that train take ``--config FILE`` plus ``key=value`` overrides of their config dataclass
 (``latentrl sft --help`` lists the keys). Errors in input end with one line naming the problem.
@@ -37,6 +37,12 @@ def cmd_grpo(args) -> None:
 
     cfg = load_config(GRPOConfig, args.config, args.overrides)
     print(f"final checkpoint: {train_grpo(cfg)}")
+
+
+def cmd_sweep(args) -> None:
+    from latentrl.experiments.sweep import SweepConfig, run_sweep
+
+    run_sweep(load_config(SweepConfig, args.config, args.overrides))
 
 
 def cmd_eval(args) -> None:
@@ -85,6 +91,7 @@ def cmd_demo(args) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from latentrl.demo import DemoConfig
     from latentrl.eval.evaluate import EvalConfig
+    from latentrl.experiments.sweep import SweepConfig
     from latentrl.train.grpo_config import GRPOConfig
     from latentrl.train.sft import SFTConfig
 
@@ -92,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _config_command(sub, "sft", SFTConfig, "Supervised training: CoT, no-CoT, Coconut curriculum.").set_defaults(fn=cmd_sft)
     _config_command(sub, "grpo", GRPOConfig, "GRPO post-training; Dropout-GRPO with exploration=dropout.").set_defaults(fn=cmd_grpo)
+    _config_command(sub, "sweep", SweepConfig, "Methods x seeds from SFT checkpoints: table and plots.").set_defaults(fn=cmd_sweep)
     _config_command(sub, "demo", DemoConfig, "The CPU demo: tiny model, CoT, no-CoT, Coconut, evaluation.").set_defaults(fn=cmd_demo)
 
     ev = _config_command(sub, "eval", EvalConfig, "Evaluate a checkpoint: accuracy, pass@k, maj@k, tokens used.")

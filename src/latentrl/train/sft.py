@@ -70,6 +70,7 @@ class SFTConfig:
     report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={"help": "jsonl, tensorboard."})
     seed: int = field(default=0, metadata={"help": "Seed of model init, data and shuffling."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after N optimizer steps (-1: no limit)."})
+    max_time_seconds: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self) -> None:
@@ -166,6 +167,10 @@ def train_sft(cfg: SFTConfig) -> Path:
             common.prune_checkpoints(out, cfg.save_total_limit)
 
     tokens_seen, t0 = 0, time.perf_counter()
+
+    def out_of_budget() -> bool:
+        over_time = cfg.max_time_seconds is not None and time.perf_counter() - t0 >= cfg.max_time_seconds
+        return 0 <= cfg.max_steps <= global_step or over_time
     for epoch in range(start_epoch, cfg.num_train_epochs):
         # 2. curriculum stage; a fresh optimizer when the stage switches
         first = skip if epoch == start_epoch else 0
@@ -207,9 +212,9 @@ def train_sft(cfg: SFTConfig) -> Path:
                 bar.set_postfix(loss=f"{loss_value:.3f}", stage=stage)
             if cfg.save_steps > 0 and global_step % cfg.save_steps == 0:
                 checkpoint(out / f"checkpoint-{global_step}", epoch, (i + 1) // accum)
-            if 0 <= cfg.max_steps <= global_step:
+            if out_of_budget():
                 break
-        if 0 <= cfg.max_steps <= global_step:
+        if out_of_budget():
             break
         checkpoint(out / f"checkpoint-{global_step}", epoch + 1, 0)
         if cfg.mode == "coconut" and (epoch + 1 == cfg.num_train_epochs or cfg.stage_of(epoch + 1) != stage):

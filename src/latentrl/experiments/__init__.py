@@ -1,0 +1,1 @@
+"""Experiments: method x seed sweeps, their statistics, tables and plots."""

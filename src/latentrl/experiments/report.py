@@ -1,0 +1,74 @@
+"""Statistics over seeds, the markdown table and the PNG plots of a sweep."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from latentrl.eval.metrics import mean_ci, paired_difference
+from latentrl.train.common import read_log
+
+
+def summarize(results: dict, seeds: list[int], methods: list[str]) -> dict:
+    """Per method: accuracies by seed, mean, std, 95% CI, and the paired difference to ``sft``."""
+    import statistics
+
+    summary = {}
+    for m in methods:
+        acc = [results[(m, s)]["accuracy"] for s in seeds]
+        est = mean_ci(acc)
+        row = {"accuracy_by_seed": acc, "mean": est.mean, "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+               "ci95": [est.lo, est.hi], "train_seconds": sum(results[(m, s)]["train_seconds"] for s in seeds) / len(seeds)}  # fmt: skip
+        if m != "sft" and "sft" in methods:
+            diff = paired_difference(acc, [results[("sft", s)]["accuracy"] for s in seeds])
+            row["paired_diff_vs_sft"] = {"mean": diff.mean, "ci95": [diff.lo, diff.hi]}
+        summary[m] = row
+    return summary
+
+
+def _pct(x: float) -> str:
+    return "n/a" if x != x else f"{100 * x:.1f}"
+
+
+def write_table(summary: dict, path: Path, cfg) -> None:
+    lines = [f"Greedy accuracy (%) on {cfg.eval_n} held-out test problems, seeds {cfg.seeds}.", "",
+             "| method | mean ± std | 95% CI | Δ vs sft (paired) | 95% CI of Δ | train s |", "|---|---|---|---|---|---|"]  # fmt: skip
+    for m, r in summary.items():
+        d = r.get("paired_diff_vs_sft")
+        delta = (f"{100 * d['mean']:+.1f}", f"[{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]") if d else ("", "")
+        lines.append(f"| {m} | {_pct(r['mean'])} ± {_pct(r['std'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | "
+                     f"{delta[0]} | {delta[1]} | {r['train_seconds']:.0f} |")  # fmt: skip
+    path.write_text("\n".join(lines) + "\n")
+
+
+def plot_curves(out: Path, methods: list[str], seeds: list[int]) -> list[Path]:
+    """``reward.png`` and ``accuracy.png``: the mean over seeds of each GRPO method's curve."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+    for key, name, ylabel in [("reward", "reward.png", "mean reward"), ("eval/accuracy", "accuracy.png", "greedy test accuracy")]:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for m in methods:
+            curves = [[(r["step"], r[key]) for r in read_log(out / m / f"seed{s}" / "log.jsonl") if key in r] for s in seeds]
+            curves = [c for c in curves if c]
+            if not curves:
+                continue
+            n = min(len(c) for c in curves)
+            steps = [curves[0][i][0] for i in range(n)]
+            ax.plot(steps, [sum(c[i][1] for c in curves) / len(curves) for i in range(n)], label=m)
+        ax.set_xlabel("RL step")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        written.append(out / name)
+    return written
+
+
+def load_summary(out: Path) -> dict:
+    return json.loads((Path(out) / "results.json").read_text())["summary"]

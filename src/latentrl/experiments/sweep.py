@@ -1,0 +1,123 @@
+"""``latentrl sweep``: methods x seeds from SFT checkpoints, with a table and plots.
+
+1. for each seed: evaluate the SFT checkpoint (the baseline of that seed)
+2. for each GRPO method: train from the seed's SFT checkpoint, evaluate greedy test accuracy
+3. ``sft_more``: more SFT from the same checkpoint for as long as ``dropout_grpo`` trained
+4. write ``results.json``, ``table.md`` (mean +- std, 95% CI, paired difference to ``sft``), plots
+
+Finished runs (``result.json`` present) are skipped, so an interrupted sweep resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from latentrl.config import save_config
+from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS
+from latentrl.experiments.report import plot_curves, summarize, write_table
+
+
+@dataclass
+class SweepConfig:
+    """Config of ``latentrl sweep``."""
+
+    out: str = field(default="runs/sweep", metadata={"help": "Output directory."})
+    sft_checkpoints: list[str] = field(
+        default_factory=list, metadata={"help": "SFT checkpoint per seed (or one shared by every seed)."}
+    )
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL seeds."})
+    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"Of {ALL_METHODS}."})
+    grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides shared by the GRPO methods."})
+    sft_more: dict = field(default_factory=dict, metadata={"help": "SFTConfig overrides of the sft_more control."})
+    task: str = field(default="arith", metadata={"help": "Task (train prompts for RL, test problems for eval)."})
+    task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Task knobs."})
+    eval_n: int = field(default=500, metadata={"help": "Held-out test problems per evaluation."})
+    disable_tqdm: bool = field(default=True, metadata={"help": "No progress bars."})
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in ALL_METHODS]
+        if unknown:
+            raise ValueError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
+        if not self.sft_checkpoints:
+            raise ValueError("sft_checkpoints is empty: give one SFT checkpoint per seed, or one for all")
+        if len(self.sft_checkpoints) not in (1, len(self.seeds)):
+            raise ValueError(f"{len(self.sft_checkpoints)} sft_checkpoints for {len(self.seeds)} seeds")
+        if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
+            raise ValueError("sft_more takes its time budget from dropout_grpo: include both")
+
+    def checkpoint_of(self, i: int) -> str:
+        return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
+
+
+def greedy_test_accuracy(checkpoint, cfg: SweepConfig, out: Path) -> dict:
+    from latentrl.eval.evaluate import EvalConfig, run_eval
+
+    ecfg = EvalConfig(checkpoint=str(checkpoint), task=cfg.task, n=cfg.eval_n, seed=0,
+                      task_kwargs=dict(cfg.task_kwargs), out=str(out))  # fmt: skip
+    return run_eval(ecfg).metrics
+
+
+def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir: Path) -> Path:
+    from latentrl.train.grpo import GRPOConfig, train_grpo
+
+    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm,
+              **cfg.grpo, **GRPO_METHODS[method], "seed": seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
+    return train_grpo(GRPOConfig(**fields))
+
+
+def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir: Path) -> Path:
+    """More SFT at the checkpoint's final latent layout, for ``seconds`` of training."""
+    from latentrl.models.layout import ThinkingConfig
+    from latentrl.train.sft import SFTConfig, train_sft
+
+    thinking = ThinkingConfig.load(sft)
+    c = thinking.thoughts_per_step
+    stage = thinking.num_latents // c
+    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm,
+              "mode": "coconut" if thinking.thinking_mode == "coconut" else "cot", "c_thought": c,
+              "max_latent_stage": stage, "start_stage": stage + 1, "num_train_epochs": 1000, "save_steps": 0,
+              **cfg.sft_more, "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft,
+              "output_dir": str(run_dir)}  # fmt: skip
+    return train_sft(SFTConfig(**fields))
+
+
+def run_one(method: str, seed: int, sft: str, cfg: SweepConfig, results: dict) -> dict:
+    run_dir = Path(cfg.out, method, f"seed{seed}")
+    done = run_dir / "result.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    t = time.perf_counter()
+    if method == "sft":
+        checkpoint = sft
+    elif method == "sft_more":
+        checkpoint = run_sft_more(seed, sft, results[("dropout_grpo", seed)]["train_seconds"], cfg, run_dir)
+    else:
+        checkpoint = run_grpo_method(method, seed, sft, cfg, run_dir)
+    train_seconds = time.perf_counter() - t if method != "sft" else 0.0
+    metrics = greedy_test_accuracy(checkpoint, cfg, run_dir / "eval")
+    result = {"method": method, "seed": seed, "accuracy": metrics["accuracy"], "train_seconds": train_seconds,
+              "mean_tokens": metrics["mean_tokens"], "checkpoint": str(checkpoint)}  # fmt: skip
+    done.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def run_sweep(cfg: SweepConfig) -> dict:
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "config.yaml")
+    order = [m for m in ALL_METHODS if m in cfg.methods and m != "sft_more"] + (["sft_more"] if "sft_more" in cfg.methods else [])
+    results: dict[tuple[str, int], dict] = {}
+    for i, seed in enumerate(cfg.seeds):
+        for method in order:
+            results[(method, seed)] = run_one(method, seed, cfg.checkpoint_of(i), cfg, results)
+            print(f"[sweep] {method} seed {seed}: accuracy {results[(method, seed)]['accuracy']:.3f}", flush=True)
+    summary = summarize(results, cfg.seeds, order)
+    (out / "results.json").write_text(json.dumps({"runs": list(results.values()), "summary": summary}, indent=2) + "\n")
+    write_table(summary, out / "table.md", cfg)
+    plot_curves(out, order, cfg.seeds)
+    print((out / "table.md").read_text())
+    return summary
