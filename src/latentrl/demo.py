@@ -1,10 +1,11 @@
 """``latentrl demo``: the whole path on a laptop CPU, offline.
 
 1. build a tiny GPT-2 and train chain of thought (CoT) on the default ``arith`` task
-2. continue with the Coconut curriculum from the CoT checkpoint (stages 1 .. max)
+2. continue with the Coconut curriculum from the CoT checkpoint (stages 1 .. max) -> ``sft/``
 3. train a no-CoT model on the same number of examples as CoT + Coconut together
-4. evaluate all three on held-out test problems (greedy accuracy, pass@k, maj@k, tokens used)
-5. write ``report.md`` and ``report.json``; the Coconut SFT checkpoint is copied to ``sft/``
+4. Dropout-GRPO from the Coconut checkpoint on training prompts -> ``grpo/``
+5. evaluate every model on held-out test problems (greedy accuracy, pass@k, maj@k, tokens used)
+6. write ``report.md``, ``report.json`` and the plots
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from latentrl.config import config_to_dict, save_config
 from latentrl.eval.evaluate import EvalConfig, evaluate, write_eval
 from latentrl.models import load_checkpoint
 from latentrl.tasks import load_examples
+from latentrl.train.grpo import GRPOConfig, train_grpo
 from latentrl.train.sft import SFTConfig, train_sft
 
 
@@ -40,6 +42,8 @@ class DemoConfig:
     per_device_train_batch_size: int = field(default=64, metadata={"help": "SFT batch size."})
     n_layer: int = field(default=4, metadata={"help": "Tiny model layers."})
     n_embd: int = field(default=128, metadata={"help": "Tiny model width."})
+    grpo_steps: int = field(default=150, metadata={"help": "Dropout-GRPO steps (0 skips RL)."})
+    grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides of the RL step."})
     eval_n: int = field(default=500, metadata={"help": "Test problems evaluated."})
     eval_samples: int = field(default=8, metadata={"help": "Samples per test problem for pass@k / maj@k."})
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
@@ -62,6 +66,58 @@ def evaluate_checkpoint(path, cfg: DemoConfig, name: str, examples) -> dict:
     result = evaluate(model, tokenizer, thinking, examples, ecfg)
     write_eval(result, ecfg.out)
     return result.metrics
+
+
+def grpo_config(cfg: DemoConfig, sft: Path) -> GRPOConfig:
+    fields = dict(output_dir=str(Path(cfg.out, "runs", "grpo")), model_name_or_path=str(sft), task=cfg.task,
+                  task_kwargs=dict(cfg.task_kwargs), max_steps=cfg.grpo_steps, seed=cfg.seed, save_steps=0,
+                  eval_steps=max(1, cfg.grpo_steps // 5), eval_n=200, disable_tqdm=cfg.disable_tqdm)  # fmt: skip
+    return GRPOConfig(**{**fields, **cfg.grpo})
+
+
+def publish(checkpoint: Path, dest: Path) -> None:
+    """Copy a final checkpoint to a stable place (``sft/``, ``grpo/``), replacing an older copy."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def plot_demo(out: Path) -> list[Path]:
+    """``sft_loss.png`` (every SFT run) and ``grpo.png`` (reward and test accuracy over RL steps)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from latentrl.train.common import read_log
+
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in ("cot", "coconut", "nocot"):
+        log = read_log(out / "runs" / mode / "log.jsonl")
+        ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=mode)
+    ax.set(xlabel="optimizer step", ylabel="SFT loss", yscale="log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "sft_loss.png", dpi=120)
+    plt.close(fig)
+    written.append(out / "sft_loss.png")
+    log = read_log(out / "runs" / "grpo" / "log.jsonl")
+    if log:
+        fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 4))
+        a1.plot([r["step"] for r in log if "reward" in r], [r["reward"] for r in log if "reward" in r])
+        a1.set(xlabel="RL step", ylabel="mean reward (training prompts)")
+        a2.plot([r["step"] for r in log if "eval/accuracy" in r], [r["eval/accuracy"] for r in log if "eval/accuracy" in r], marker="o")
+        a2.set(xlabel="RL step", ylabel="greedy accuracy (200 test problems)")
+        fig.tight_layout()
+        fig.savefig(out / "grpo.png", dpi=120)
+        plt.close(fig)
+        written.append(out / "grpo.png")
+    return written
 
 
 def render_table(rows: dict[str, dict], samples: int) -> str:
@@ -96,24 +152,31 @@ def run_demo(cfg: DemoConfig) -> dict:
     coconut = timed("coconut", lambda: train_sft(
         sft_config(cfg, "coconut", cfg.coconut_epochs, model_name_or_path=str(cot), start_stage=1)))  # fmt: skip
     nocot = timed("nocot", lambda: train_sft(sft_config(cfg, "nocot", cfg.cot_epochs + cfg.coconut_epochs)))
-    if (out / "sft").exists():
-        shutil.rmtree(out / "sft")
-    shutil.copytree(coconut, out / "sft")
-    # 4. evaluation on held-out problems
+    publish(coconut, out / "sft")
+    # 4. Dropout-GRPO from the Coconut checkpoint
+    grpo = None
+    if cfg.grpo_steps > 0:
+        grpo = timed("grpo", lambda: train_grpo(grpo_config(cfg, out / "sft")))
+        publish(grpo, out / "grpo")
+    # 5. evaluation on held-out problems
     examples = load_examples(cfg.task, "test", cfg.eval_n, cfg.seed, **cfg.task_kwargs)
-    rows = {}
-    for name, path, train_s in [("no-CoT", nocot, timings["nocot"]), ("CoT", cot, timings["cot"]),
-                                ("Coconut", coconut, timings["cot"] + timings["coconut"])]:  # fmt: skip
-        rows[name] = {**evaluate_checkpoint(path, cfg, name.lower(), examples), "train_seconds": train_s}
-    # 5. report
+    sft_time = timings["cot"] + timings["coconut"]
+    models = [("no-CoT", "nocot", nocot, timings["nocot"]), ("CoT", "cot", cot, timings["cot"]),
+              ("Coconut", "coconut", coconut, sft_time)]  # fmt: skip
+    if grpo is not None:
+        models.append(("Coconut + Dropout-GRPO", "grpo", grpo, sft_time + timings["grpo"]))
+    rows = {name: {**evaluate_checkpoint(path, cfg, slug, examples), "train_seconds": seconds}
+            for name, slug, path, seconds in models}  # fmt: skip
+    # 6. report and plots
     table = render_table(rows, cfg.eval_samples)
+    plots = plot_demo(out)
     wall = time.perf_counter() - t_start
     report = {"config": config_to_dict(cfg), "results": rows, "timings_seconds": timings, "wall_seconds": wall}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(
         f"# latentrl demo\n\nTask `{cfg.task}` {cfg.task_kwargs or '(default knobs)'}, {cfg.eval_n} held-out test "
         f"problems, seed {cfg.seed}. No-CoT is trained on as many examples as CoT + Coconut together.\n\n"
-        f"{table}\n\nWall time: {wall:.0f} s.\n"
+        f"{table}\n\nWall time: {wall:.0f} s.\n\n" + "".join(f"![{p.stem}]({p.name})\n" for p in plots)
     )
     print(table)
     print(f"\nwall time {wall:.0f} s; report in {out / 'report.md'}")
