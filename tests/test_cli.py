@@ -49,8 +49,9 @@ def test_eval_writes_metrics_and_predictions(trained):
     tmp, _, coconut = trained
     out = tmp / "eval"
     assert main(["eval", "--checkpoint", str(coconut / "final"), "--task", "arith", "--n", "6", "--samples", "4",
-                 "--out", str(out), "task_kwargs={num_steps: 2}"]) == 0  # fmt: skip
+                 "--out", str(out), "--mc-masks", "3", "task_kwargs={num_steps: 2}"]) == 0  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["mc_masks"] == 3 and 0 <= metrics["bma_accuracy"] <= 1
     for key in ["accuracy", "pass@1", "pass@2", "pass@4", "maj@4", "mean_tokens", "mean_latent_tokens"]:
         assert key in metrics
     assert metrics["mean_latent_tokens"] == 4.0
@@ -119,3 +120,14 @@ def test_missing_checkpoint_is_reported(tmp_path, capsys):
 def test_console_script_entry_point():
     proc = subprocess.run([sys.executable, "-m", "latentrl.cli", "sft", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "c_thought" in proc.stdout and "uniform_prob" in proc.stdout
+
+
+def test_bma_with_zero_drop_rate_equals_greedy(trained):
+    from latentrl.eval.evaluate import EvalConfig, evaluate
+    from latentrl.models import load_checkpoint
+
+    _, cot, _ = trained
+    model, tok, thinking = load_checkpoint(cot / "final")
+    examples = load_examples("arith", "test", 12, 0, num_steps=2)
+    m = evaluate(model, tok, thinking, examples, EvalConfig(mc_masks=3, mc_dropout_p=0.0)).metrics
+    assert m["bma_accuracy"] == m["accuracy"] and m["mc_mask_accuracy"] == m["accuracy"]

@@ -53,7 +53,7 @@ def cmd_eval(args) -> None:
     flags = {"checkpoint": args.checkpoint, "task": args.task, "data_path": args.data, "n": args.n,
              "samples": args.samples, "out": args.out, "split": args.split, "seed": args.seed,
              "temperature": args.temperature, "max_new_tokens": args.max_new_tokens,
-             "batch_size": args.batch_size, "num_latents": args.num_latents}  # fmt: skip
+             "batch_size": args.batch_size, "num_latents": args.num_latents, "mc_masks": args.mc_masks}  # fmt: skip
     given = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
     cfg = load_config(EvalConfig, args.config, given + args.overrides)
     if not cfg.checkpoint:
@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--max-new-tokens", type=int)
     ev.add_argument("--batch-size", type=int)
     ev.add_argument("--num-latents", type=int)
+    ev.add_argument("--mc-masks", type=int, help="Bayesian model average: vote over M dropout masks")
     ev.add_argument("--seed", type=int)
     ev.add_argument("--out")
     ev.set_defaults(fn=cmd_eval)

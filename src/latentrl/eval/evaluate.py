@@ -32,6 +32,9 @@ class EvalConfig:
     top_p: float = field(default=1.0, metadata={"help": "Nucleus of the sampled completions."})
     max_new_tokens: int = field(default=64, metadata={"help": "Completion length cap."})
     num_latents: int | None = field(default=None, metadata={"help": "Thoughts at inference (default: latentrl.json)."})
+    mc_masks: int = field(default=0, metadata={"help": "M: Bayesian model average, vote over M dropout masks."})
+    mc_dropout_p: float = field(default=0.1, metadata={"help": "Drop probability of the BMA masks."})
+    mc_dropout_sites: list[str] = field(default_factory=lambda: ["thought"], metadata={"help": "Sites of the BMA masks."})
     batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
     seed: int = field(default=0, metadata={"help": "Seed of the task data and of sampling."})
     task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Generator knobs."})
@@ -60,7 +63,8 @@ def _decode_completions(tokenizer, gen) -> list[str]:
     ]
 
 
-def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float, desc: str):
+def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float,
+                         desc: str, exploration=None):  # fmt: skip
     gen_kwargs = dict(latent_token_id=thinking.latent_token_id, eos_token_id=tokenizer.eos_token_id,
                       pad_token_id=tokenizer.pad_token_id, max_new_tokens=cfg.max_new_tokens,
                       temperature=temperature, top_p=cfg.top_p)  # fmt: skip
@@ -68,7 +72,10 @@ def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, s
     per_batch = max(1, cfg.batch_size // samples)
     texts, completion_ids, lengths = [], [], []
     for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=os.environ.get("CI") == "true"):
-        gen = generate(model, prompts[i : i + per_batch], num_generations=samples, generator=generator, **gen_kwargs)
+        chunk = prompts[i : i + per_batch]
+        seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # mask j of problem p: seed p*M + j + 1
+        gen = generate(model, chunk, num_generations=samples, generator=generator, exploration=exploration,
+                       seeds=seeds, **gen_kwargs)  # fmt: skip
         texts += _decode_completions(tokenizer, gen)
         completion_ids += [ids[m.bool()].tolist() for ids, m in zip(gen.completion_ids, gen.completion_mask)]
         lengths += gen.completion_mask.sum(1).tolist()
@@ -111,7 +118,27 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
         metrics["samples"] = K
         metrics["sample_temperature"] = cfg.temperature
         metrics["mean_sampled_tokens"] = (sum(latents) * K + sum(lengths)) / (n * K)
+    if cfg.mc_masks > 0:
+        metrics.update(bma_metrics(model, tokenizer, thinking, prompts, examples, cfg))
     return EvalResult(metrics, predictions)
+
+
+def bma_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) -> dict:
+    """Bayesian model average: greedy answers under M dropout masks per problem, majority vote."""
+    from latentrl.eval.metrics import majority_vote
+    from latentrl.exploration import DropoutExploration
+
+    M = cfg.mc_masks
+    dropout = DropoutExploration(p=cfg.mc_dropout_p, scope="rollout", sites=tuple(cfg.mc_dropout_sites))
+    texts, _, _ = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, M, 0.0, "bma", exploration=dropout)
+    single, voted = 0, 0
+    for i, ex in enumerate(examples):
+        preds = [extract_answer(t) for t in texts[i * M : (i + 1) * M]]
+        single += sum(answers_match(p, ex.answer) for p in preds)
+        vote = majority_vote([normalize_answer(p) if p is not None else None for p in preds])
+        voted += answers_match(vote, ex.answer)
+    n = len(examples)
+    return {"bma_accuracy": voted / n, "mc_mask_accuracy": single / (n * M), "mc_masks": M, "mc_dropout_p": cfg.mc_dropout_p}
 
 
 def write_eval(result: EvalResult, out: str | os.PathLike) -> None:
