@@ -83,7 +83,7 @@ def test_example_to_dict() -> None:
 def test_known_names() -> None:
     assert SYNTHETIC_TASKS == ("arith", "prosqa", "multiply")
     assert FILE_FORMATS == ("gsm8k", "gsm8k-aug", "coconut", "jsonl")
-    assert ARITH_DEFAULTS == dict(num_steps=4, modulus=10, ops="+-*", min_steps=None)
+    assert ARITH_DEFAULTS == dict(num_steps=3, modulus=10, ops="+-*", min_steps=None)
 
 
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)

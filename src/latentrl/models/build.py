@@ -44,13 +44,28 @@ def tiny_config(family: str, vocab_size: int, n_layer: int, n_embd: int, n_head:
 
 def build_tiny_model(
     family: str = "gpt2", n_layer: int = 4, n_embd: int = 128, n_head: int = 4, max_length: int = 256,
-    dropout: float = 0.0, seed: int = 0, tokenizer=None,
+    dropout: float = 0.0, seed: int = 0, tokenizer=None, thought_scale_init: bool = True,
 ):  # fmt: skip
-    """A freshly initialised model with the character tokenizer (latent tokens included)."""
+    """A freshly initialised model with the character tokenizer (latent tokens included).
+
+    With ``thought_scale_init`` the input embeddings are untied from the output head and drawn at
+    unit scale, N(0, 1) (GPT-2's position table at N(0, 0.5^2), keeping its usual ratio to the token
+    table). A continuous thought is the last hidden state after the final norm, of unit RMS; with HF's
+    default N(0, 0.02^2) embeddings every thought would be ~50x larger than a token embedding, the
+    blocks' updates would barely move it, and a chain of thoughts would stay close to its first one.
+    """
     tokenizer = tokenizer or build_char_tokenizer()
     config = tiny_config(family, len(tokenizer), n_layer, n_embd, n_head, max_length, dropout)
+    if thought_scale_init:
+        config.tie_word_embeddings = False
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    if thought_scale_init:
+        with torch.no_grad():
+            model.get_input_embeddings().weight.normal_(0.0, 1.0)
+            positions = getattr(getattr(model, "transformer", None), "wpe", None)
+            if positions is not None:
+                positions.weight.normal_(0.0, 0.5)
     return model, tokenizer
 
 

@@ -16,7 +16,7 @@ from typing import Any
 from latentrl.tasks.base import DataError, Example, Problem, int_knob
 
 TASK = "arith"
-ARITH_DEFAULTS: dict[str, Any] = dict(num_steps=4, modulus=10, ops="+-*", min_steps=None)
+ARITH_DEFAULTS: dict[str, Any] = dict(num_steps=3, modulus=10, ops="+-*", min_steps=None)
 VALID_OPS: str = "+-*"
 
 
