@@ -140,7 +140,7 @@ def test_arith_hand_worked_format() -> None:
 
     assert solve([4, 7, 3, 2], ["+", "*", "-"], 10) == (("4+7=1", "1*3=3", "3-2=1"), 1)
     example = load_examples("arith", n=1, seed=0)[0]
-    assert re.fullmatch(r"\d(?:[+\-*]\d){4}", example.question)
+    assert re.fullmatch(r"\d(?:[+\-*]\d){3}", example.question)
     assert re.fullmatch(r"\d", example.answer)
 
 
