@@ -71,7 +71,7 @@ def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, s
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     per_batch = max(1, cfg.batch_size // samples)
     texts, completion_ids, lengths = [], [], []
-    for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=os.environ.get("CI") == "true"):
+    for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=None):
         chunk = prompts[i : i + per_batch]
         seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # mask j of problem p: seed p*M + j + 1
         gen = generate(model, chunk, num_generations=samples, generator=generator, exploration=exploration,

@@ -186,7 +186,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     save_config(cfg, out / "config.yaml")
     logger = common.RunLogger(out, cfg.report_to)
     G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"grpo[{cfg.exploration}]", disable=cfg.disable_tqdm)
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"grpo[{cfg.exploration}]", disable=True if cfg.disable_tqdm else None)  # None: off when not a terminal
 
     def checkpoint(path: Path) -> None:
         save_checkpoint(path, model, tokenizer, thinking, dict(global_step=step, optimizer=optimizer.state_dict(),

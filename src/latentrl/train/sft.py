@@ -154,7 +154,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         common.set_rng_state(state["rng"])
     logger = common.RunLogger(out, cfg.report_to, accelerator.is_main_process)
     show = not cfg.disable_tqdm and accelerator.is_local_main_process
-    bar = tqdm(total=total_steps, initial=global_step, desc=f"sft[{cfg.mode}]", disable=not show)
+    bar = tqdm(total=total_steps, initial=global_step, desc=f"sft[{cfg.mode}]", disable=None if show else True)  # None: off when not a terminal
     stage = cfg.stage_of(start_epoch)
 
     def checkpoint(path: Path, epoch: int, batch_in_epoch: int) -> None:
