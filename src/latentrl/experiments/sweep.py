@@ -69,18 +69,19 @@ def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir:
 
 
 def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir: Path) -> Path:
-    """More SFT at the checkpoint's final latent layout, for ``seconds`` of training."""
+    """More SFT at the checkpoint's own curriculum stage, for ``seconds`` of training."""
     from latentrl.models.layout import ThinkingConfig
     from latentrl.train.sft import SFTConfig, train_sft
 
     thinking = ThinkingConfig.load(sft)
-    c = thinking.thoughts_per_step
-    stage = thinking.num_latents // c
-    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm,
-              "mode": "coconut" if thinking.thinking_mode == "coconut" else "cot", "c_thought": c,
-              "max_latent_stage": stage, "start_stage": stage + 1, "num_train_epochs": 1000, "save_steps": 0,
-              **cfg.sft_more, "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft,
-              "output_dir": str(run_dir)}  # fmt: skip
+    coconut = thinking.thinking_mode == "coconut"
+    if coconut and thinking.curriculum_stage is None:
+        raise ValueError(f"{sft}/latentrl.json has no curriculum_stage: cannot continue its curriculum")
+    layout = {"mode": "coconut", "c_thought": thinking.thoughts_per_step, "start_stage": thinking.curriculum_stage,
+              "max_latent_stage": thinking.max_latent_stage} if coconut else {"mode": "cot"}  # fmt: skip
+    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **layout,
+              "epochs_per_stage": 10**6, "num_train_epochs": 10**6, "save_steps": 0, **cfg.sft_more,
+              "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
     return train_sft(SFTConfig(**fields))
 
 

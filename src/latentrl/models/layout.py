@@ -37,6 +37,8 @@ class ThinkingConfig:
     end_latent_token_id: int | None = None
     thoughts_per_step: int = 1  # c: continuous thoughts that replace one language step
     num_latents: int = 0  # latent thoughts used at inference
+    curriculum_stage: int | None = None  # Coconut stage the checkpoint was trained at (None: not a curriculum)
+    max_latent_stage: int | None = None  # its curriculum's last stage (a stage past it removes every step)
     answer_prefix: str = ANSWER_PREFIX
     prompt_layout: str = field(
         default="question + '\\n' [+ <|start-latent|> + <|latent|> * num_latents + <|end-latent|>]"

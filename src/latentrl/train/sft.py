@@ -161,6 +161,8 @@ def train_sft(cfg: SFTConfig) -> Path:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             thinking.num_latents = inference_latents(cfg, stage)
+            if cfg.mode == "coconut":
+                thinking.curriculum_stage, thinking.max_latent_stage = stage, cfg.max_latent_stage
             trainer_state = dict(epoch=epoch, batch_in_epoch=batch_in_epoch, global_step=global_step, stage=stage,
                                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state())  # fmt: skip
             save_checkpoint(path, model, tokenizer, thinking, trainer_state)

@@ -1,0 +1,44 @@
+"""The sweep end to end at toy scale, and its statistics against a hand computation."""
+
+import json
+
+import pytest
+
+from latentrl.cli import main
+from latentrl.experiments.report import summarize
+
+
+def test_summary_statistics_by_hand():
+    results = {("sft", s): {"accuracy": a, "train_seconds": 0.0} for s, a in zip([0, 1, 2], [0.4, 0.5, 0.6])}
+    results |= {("dropout_grpo", s): {"accuracy": a, "train_seconds": 10.0} for s, a in zip([0, 1, 2], [0.5, 0.6, 0.8])}
+    summary = summarize(results, [0, 1, 2], ["sft", "dropout_grpo"])
+    row = summary["dropout_grpo"]
+    assert row["mean"] == pytest.approx(19 / 30)
+    assert row["std"] == pytest.approx(((0.5 - 19 / 30) ** 2 + (0.6 - 19 / 30) ** 2 + (0.8 - 19 / 30) ** 2) ** 0.5 / 2**0.5)
+    diffs = [0.1, 0.1, 0.2]  # paired differences; mean 0.1333, sd 0.0577, t_{0.975,2} = 4.303
+    half = 4.303 * 0.0577350 / 3**0.5
+    assert row["paired_diff_vs_sft"]["mean"] == pytest.approx(sum(diffs) / 3)
+    assert row["paired_diff_vs_sft"]["ci95"] == pytest.approx([sum(diffs) / 3 - half, sum(diffs) / 3 + half], abs=1e-3)
+
+
+def test_sweep_cli_toy(tmp_path):
+    tiny = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
+            "disable_tqdm=true", "task_kwargs={num_steps: 2}"]  # fmt: skip
+    assert main(["sft", f"output_dir={tmp_path / 'sft'}", "mode=coconut", "start_stage=1", "max_latent_stage=1",
+                 "num_train_epochs=1", *tiny]) == 0  # fmt: skip
+    args = ["sweep", f"out={tmp_path / 'sweep'}", f"sft_checkpoints=[{tmp_path / 'sft' / 'final'}]", "seeds=[0, 1]",
+            "methods=[sft, dropout_grpo, greedy_none, sft_more]", "eval_n=8", "task_kwargs={num_steps: 2}",
+            "grpo={max_steps: 2, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
+            "max_completion_length: 12, eval_steps: 1, eval_n: 4}", "sft_more={per_device_train_batch_size: 32}"]  # fmt: skip
+    assert main(args) == 0
+    out = tmp_path / "sweep"
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert set(summary) == {"sft", "dropout_grpo", "greedy_none", "sft_more"}
+    assert "paired_diff_vs_sft" in summary["dropout_grpo"] and len(summary["sft"]["accuracy_by_seed"]) == 2
+    assert (out / "reward.png").exists() and (out / "accuracy.png").exists()
+    assert "| dropout_grpo |" in (out / "table.md").read_text()
+    meta = json.loads((out / "sft_more" / "seed0" / "final" / "latentrl.json").read_text())
+    assert meta["curriculum_stage"] == 1 and meta["num_latents"] == 1  # continued at the checkpoint's own stage
+    # a rerun skips finished runs and gives the same table
+    table = (out / "table.md").read_text()
+    assert main(args) == 0 and (out / "table.md").read_text() == table
