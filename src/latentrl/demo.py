@@ -34,15 +34,16 @@ class DemoConfig:
     task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Task knobs."})
     num_train_examples: int = field(default=10000, metadata={"help": "Training problems."})
     cot_epochs: int = field(default=3, metadata={"help": "Epochs of CoT training."})
-    coconut_epochs: int = field(default=4, metadata={"help": "Epochs of the Coconut curriculum (from stage 1)."})
+    coconut_epochs: int = field(default=8, metadata={"help": "Epochs of the Coconut curriculum (from stage 1)."})
     max_latent_stage: int = field(default=2, metadata={"help": "Last Coconut stage (steps replaced by thoughts)."})
     c_thought: int = field(default=2, metadata={"help": "Thoughts per replaced step."})
-    epochs_per_stage: int = field(default=2, metadata={"help": "Coconut epochs per stage."})
+    epochs_per_stage: int = field(default=1, metadata={"help": "Coconut epochs per stage."})
+    final_stage: int | None = field(default=2, metadata={"help": "Stage the curriculum stays at once reached."})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of SFT."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "SFT batch size."})
     n_layer: int = field(default=4, metadata={"help": "Tiny model layers."})
     n_embd: int = field(default=128, metadata={"help": "Tiny model width."})
-    grpo_steps: int = field(default=150, metadata={"help": "Dropout-GRPO steps (0 skips RL)."})
+    grpo_steps: int = field(default=100, metadata={"help": "Dropout-GRPO steps (0 skips RL)."})
     grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides of the RL step."})
     eval_n: int = field(default=500, metadata={"help": "Test problems evaluated."})
     eval_samples: int = field(default=8, metadata={"help": "Samples per test problem for pass@k / maj@k."})
@@ -55,6 +56,7 @@ def sft_config(cfg: DemoConfig, mode: str, epochs: int, **extra) -> SFTConfig:
         num_train_examples=cfg.num_train_examples, num_train_epochs=epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
         c_thought=cfg.c_thought, max_latent_stage=cfg.max_latent_stage, epochs_per_stage=cfg.epochs_per_stage,
+        final_stage=cfg.final_stage,
         seed=cfg.seed, save_steps=0, disable_tqdm=cfg.disable_tqdm, **extra,
     )  # fmt: skip
 
@@ -71,6 +73,8 @@ def evaluate_checkpoint(path, cfg: DemoConfig, name: str, examples) -> dict:
 def grpo_config(cfg: DemoConfig, sft: Path) -> GRPOConfig:
     fields = dict(output_dir=str(Path(cfg.out, "runs", "grpo")), model_name_or_path=str(sft), task=cfg.task,
                   task_kwargs=dict(cfg.task_kwargs), max_steps=cfg.grpo_steps, seed=cfg.seed, save_steps=0,
+                  generation_batch_size=256, per_device_train_batch_size=128, learning_rate=2e-4,
+                  exploration="dropout", dropout_p=0.1, dropout_scope="rollout", dropout_sites=["thought"],
                   eval_steps=max(1, cfg.grpo_steps // 5), eval_n=200, disable_tqdm=cfg.disable_tqdm)  # fmt: skip
     return GRPOConfig(**{**fields, **cfg.grpo})
 

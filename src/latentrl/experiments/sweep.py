@@ -78,9 +78,9 @@ def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir:
     if coconut and thinking.curriculum_stage is None:
         raise ValueError(f"{sft}/latentrl.json has no curriculum_stage: cannot continue its curriculum")
     layout = {"mode": "coconut", "c_thought": thinking.thoughts_per_step, "start_stage": thinking.curriculum_stage,
-              "max_latent_stage": thinking.max_latent_stage} if coconut else {"mode": "cot"}  # fmt: skip
+              "final_stage": thinking.curriculum_stage, "max_latent_stage": thinking.max_latent_stage} if coconut else {"mode": "cot"}  # fmt: skip
     fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **layout,
-              "epochs_per_stage": 10**6, "num_train_epochs": 10**6, "save_steps": 0, **cfg.sft_more,
+              "num_train_epochs": 10**6, "save_steps": 0, **cfg.sft_more,
               "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
     return train_sft(SFTConfig(**fields))
 

@@ -53,6 +53,9 @@ class SFTConfig:
     max_latent_stage: int = field(default=4, metadata={"help": "Last curriculum stage."})
     epochs_per_stage: int = field(default=1, metadata={"help": "Epochs spent at each stage."})
     start_stage: int = field(default=0, metadata={"help": "Stage of the first epoch (1 after a CoT run)."})
+    final_stage: int | None = field(
+        default=None, metadata={"help": "Cap on the stage: later epochs stay there (None: past max, all steps latent)."}
+    )
     pad_latent_to_max: bool = field(default=False, metadata={"help": "Past the last stage, pad thoughts to max."})
     uniform_prob: float = field(default=0.0, metadata={"help": "Chance an example uses a uniformly drawn stage."})
     reset_optimizer: bool = field(default=True, metadata={"help": "New optimizer at each stage switch."})
@@ -86,7 +89,10 @@ class SFTConfig:
         return {"cot": "discrete", "nocot": "nocot", "coconut": "coconut"}[self.mode]
 
     def stage_of(self, epoch: int) -> int:
-        return self.start_stage + epoch // self.epochs_per_stage if self.mode == "coconut" else 0
+        if self.mode != "coconut":
+            return 0
+        stage = self.start_stage + epoch // self.epochs_per_stage
+        return stage if self.final_stage is None else min(stage, self.final_stage)
 
 
 def encode_epoch(examples, tokenizer, thinking: ThinkingConfig, cfg: SFTConfig, stage: int, rng: random.Random):
