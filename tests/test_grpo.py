@@ -131,3 +131,21 @@ def test_grpo_cli_end_to_end(tmp_path):
     assert "eval/accuracy" in log[0] and "eval/accuracy" in log[-1]
     meta = json.loads((tmp_path / "grpo" / "final" / "latentrl.json").read_text())
     assert meta["thinking_mode"] == "coconut" and meta["num_latents"] == 2
+
+
+def test_reward_functions_load_by_name_and_combine_with_weights():
+    from latentrl.rollout import score
+    from latentrl.train.grpo import load_reward_func
+
+    assert load_reward_func("latentrl.rewards:answer_match") is answer_match
+    with pytest.raises(ValueError, match="module:function"):
+        load_reward_func("answer_match")
+    with pytest.raises(ValueError, match="cannot load"):
+        load_reward_func("latentrl.rewards:nope")
+
+    def length_penalty(prompts, completions, **kw):
+        return [-len(c) / 10 for c in completions]
+
+    total, parts = score([answer_match, length_penalty], [1.0, 0.5], ["q", "q"], ["### 3", "### 4"], {"answer": ["3", "3"]})
+    torch.testing.assert_close(total, torch.tensor([1.0 - 0.25, -0.25]))
+    assert set(parts) == {"answer_match", "length_penalty"}
