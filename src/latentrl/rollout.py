@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from latentrl.exploration import Exploration
-from latentrl.models import generate, latent_forward
+from latentrl.models import Generation, generate, latent_forward
 from latentrl.models.layout import ThinkingConfig, encode_prompt
 
 RewardFunc = Callable[..., list[float]]
@@ -76,7 +76,7 @@ def score(
 def roll_out(
     model, tokenizer, thinking: ThinkingConfig, examples, *, num_generations: int, max_completion_length: int,
     temperature: float, top_p: float, exploration: Exploration, seeds: torch.Tensor, generator: torch.Generator,
-) -> tuple[object, list[str]]:  # fmt: skip
+) -> tuple[Generation, list[str]]:  # fmt: skip
     """Generate ``num_generations`` rollouts of each example; returns the generation and decoded texts."""
     prompts = [encode_prompt(tokenizer, ex.question, thinking) for ex in examples]
     gen = generate(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import torch
 from transformers import (
-    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     GPT2Config,
@@ -129,6 +128,6 @@ def model_family(model_or_config) -> str:
 
 
 __all__ = [
-    "MODEL_FAMILIES", "IncompatibleModelError", "AutoConfig", "add_latent_tokens", "build_tiny_model",
+    "MODEL_FAMILIES", "IncompatibleModelError", "add_latent_tokens", "build_tiny_model",
     "check_latent_support", "load_model", "model_family", "tiny_config",
 ]  # fmt: skip
