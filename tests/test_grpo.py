@@ -16,7 +16,8 @@ from latentrl.rewards import answer_match
 
 
 def tiny_coconut(seed=0):
-    model, tok = build_tiny_model("gpt2", n_layer=2, n_embd=32, n_head=2, max_length=128, seed=seed)
+    # HF's default init: an untrained model's answers then depend visibly on its (large) thoughts
+    model, tok = build_tiny_model("gpt2", n_layer=2, n_embd=32, n_head=2, max_length=128, seed=seed, thought_scale_init=False)
     with torch.no_grad():  # untrained models favour special tokens, which decode to ""; make them rare
         model.get_input_embeddings().weight[: len(tok.all_special_ids)] *= 0.01
     return model.eval(), tok, ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=3)
