@@ -150,3 +150,24 @@ def test_reward_functions_load_by_name_and_combine_with_weights():
     total, parts = score([answer_match, length_penalty], [1.0, 0.5], ["q", "q"], ["### 3", "### 4"], {"answer": ["3", "3"]})
     torch.testing.assert_close(total, torch.tensor([1.0 - 0.25, -0.25]))
     assert set(parts) == {"answer_match", "length_penalty"}
+
+
+def test_interrupted_grpo_run_resumes_to_the_same_weights(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
+            "disable_tqdm=true", "task_kwargs={num_steps: 2}"]  # fmt: skip
+    assert main(["sft", f"output_dir={tmp_path / 'sft'}", "mode=coconut", "start_stage=1", "max_latent_stage=1",
+                 "num_train_epochs=1", *tiny]) == 0  # fmt: skip
+    common = [f"model_name_or_path={tmp_path / 'sft' / 'final'}", "num_generations=4", "generation_batch_size=8",
+              "per_device_train_batch_size=8", "max_completion_length=8", "task_kwargs={num_steps: 2}",
+              "disable_tqdm=true", "save_steps=1", "learning_rate=1e-3"]  # fmt: skip
+    assert main(["grpo", f"output_dir={tmp_path / 'full'}", "max_steps=3", *common]) == 0
+    assert main(["grpo", f"output_dir={tmp_path / 'cut'}", "max_steps=1", *common]) == 0
+    assert main(["grpo", f"output_dir={tmp_path / 'cut'}", "max_steps=3", *common]) == 0  # resumes from checkpoint-1
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "final").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
+    steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
