@@ -131,3 +131,20 @@ def test_bma_with_zero_drop_rate_equals_greedy(trained):
     examples = load_examples("arith", "test", 12, 0, num_steps=2)
     m = evaluate(model, tok, thinking, examples, EvalConfig(mc_masks=3, mc_dropout_p=0.0)).metrics
     assert m["bma_accuracy"] == m["accuracy"] and m["mc_mask_accuracy"] == m["accuracy"]
+
+
+def test_two_processes_equal_one_process(tmp_path):
+    """torchrun with 2 CPU processes (gloo, batch 16 each) = 1 process with batch 32."""
+    common = ["sft", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=128", "disable_tqdm=true",
+              "mode=cot", "num_train_epochs=1", "task_kwargs={num_steps: 2}", "logging_steps=1"]  # fmt: skip
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "latentrl.cli",
+                          *common, f"output_dir={tmp_path / 'two'}", "per_device_train_batch_size=16"],
+                         capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert main([*common, f"output_dir={tmp_path / 'one'}", "per_device_train_batch_size=32"]) == 0
+    steps = [json.loads(x)["step"] for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # 128 examples / (2 processes x 16)
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)

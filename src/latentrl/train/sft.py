@@ -134,7 +134,7 @@ def train_sft(cfg: SFTConfig) -> Path:
     from accelerate import Accelerator
 
     # 1. config, model, data, resume point
-    accelerator = Accelerator()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True lets accelerate run several CPU processes (gloo)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     common.seed_everything(cfg.seed)
