@@ -84,11 +84,7 @@ def roll_out(
         pad_token_id=tokenizer.pad_token_id, num_generations=num_generations, max_new_tokens=max_completion_length,
         temperature=temperature, top_p=top_p, exploration=exploration, seeds=seeds, generator=generator,
     )  # fmt: skip
-    texts = [
-        tokenizer.decode(ids[m.bool()].tolist(), skip_special_tokens=True)
-        for ids, m in zip(gen.completion_ids, gen.completion_mask)
-    ]
-    return gen, texts
+    return gen, gen.decode(tokenizer)
 
 
 @dataclass

@@ -56,13 +56,6 @@ def ks_up_to(samples: int) -> list[int]:
     return ks + [samples]
 
 
-def _decode_completions(tokenizer, gen) -> list[str]:
-    return [
-        tokenizer.decode(ids[mask.bool()].tolist(), skip_special_tokens=True)
-        for ids, mask in zip(gen.completion_ids, gen.completion_mask)
-    ]
-
-
 def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float,
                          desc: str, exploration=None):  # fmt: skip
     gen_kwargs = dict(latent_token_id=thinking.latent_token_id, eos_token_id=tokenizer.eos_token_id,
@@ -76,8 +69,8 @@ def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, s
         seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # mask j of problem p: seed p*M + j + 1
         gen = generate(model, chunk, num_generations=samples, generator=generator, exploration=exploration,
                        seeds=seeds, **gen_kwargs)  # fmt: skip
-        texts += _decode_completions(tokenizer, gen)
-        completion_ids += [ids[m.bool()].tolist() for ids, m in zip(gen.completion_ids, gen.completion_mask)]
+        texts += gen.decode(tokenizer)
+        completion_ids += gen.completion_lists()
         lengths += gen.completion_mask.sum(1).tolist()
     return texts, completion_ids, lengths
 

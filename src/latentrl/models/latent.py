@@ -123,6 +123,14 @@ class Generation:
     thoughts: torch.Tensor | None  # [B, K, D]
     seeds: torch.Tensor  # [B] exploration seed of each row
 
+    def completion_lists(self) -> list[list[int]]:
+        """Each row's completion ids, eos included, padding dropped."""
+        return [ids[m.bool()].tolist() for ids, m in zip(self.completion_ids, self.completion_mask)]
+
+    def decode(self, tokenizer) -> list[str]:
+        """Each row's completion as text (special tokens skipped)."""
+        return tokenizer.batch_decode(self.completion_lists(), skip_special_tokens=True)
+
 
 def left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``rows`` -> (ids ``[B, P]``, mask ``[B, P]``), right-aligned."""
