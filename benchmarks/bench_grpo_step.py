@@ -47,7 +47,7 @@ def one_step(model, tok, thinking, cfg, ref_model, step: int) -> dict[str, float
     t = time.perf_counter()
     fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration)
     old_ref_s = time.perf_counter() - t
-    m = update(model, ref_model, rollout, cfg, exploration, opt, sched)
+    m = update(model, rollout, cfg, exploration, opt, sched)
     return {"rollout": rollout_s, "reward": reward_s, "old_ref_logprob": old_ref_s,
             "logprob": m["time/logprob"], "backward": m["time/backward"],
             "mean_completion_tokens": rollout.completion_mask.sum(1).float().mean().item()}  # fmt: skip

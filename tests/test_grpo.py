@@ -68,7 +68,7 @@ def zero_and_grads(model, cfg, r, exploration):
     grads = {}
     hook = lambda name: (lambda g: grads.__setitem__(name, g.clone()))  # noqa: E731
     handles = [p.register_hook(hook(n)) for n, p in model.named_parameters()]
-    metrics = update(model, None, r, cfg, exploration, opt, sched)
+    metrics = update(model, r, cfg, exploration, opt, sched)
     for h in handles:
         h.remove()
     return metrics, grads

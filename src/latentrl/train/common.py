@@ -60,24 +60,25 @@ def read_log(path: str | Path) -> list[dict]:
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The ``checkpoint-<step>`` directories of a run, oldest step first."""
+    found = [(int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*")
+             if (m := _CHECKPOINT.match(p.name)) and p.is_dir()]  # fmt: skip
+    return [p for _, p in sorted(found)]
+
+
 def latest_checkpoint(output_dir: str | Path) -> Path | None:
     """The ``checkpoint-<step>`` directory with the highest step, or None."""
-    found = []
-    for p in Path(output_dir).glob("checkpoint-*"):
-        m = _CHECKPOINT.match(p.name)
-        if m and p.is_dir():
-            found.append((int(m.group(1)), p))
-    return max(found)[1] if found else None
+    found = checkpoints(output_dir)
+    return found[-1] if found else None
 
 
 def prune_checkpoints(output_dir: str | Path, keep: int) -> None:
     """Delete all but the newest ``keep`` ``checkpoint-<step>`` directories."""
     import shutil
 
-    found = sorted(
-        (int(m.group(1)), p) for p in Path(output_dir).glob("checkpoint-*") if (m := _CHECKPOINT.match(p.name))
-    )
-    for _, p in found[: max(0, len(found) - keep)]:
+    found = checkpoints(output_dir)
+    for p in found[: max(0, len(found) - keep)]:
         shutil.rmtree(p)
 
 

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import copy
 import importlib
 import math
 import random
@@ -105,7 +104,7 @@ def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
     return rollout.select(rows)
 
 
-def update(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler) -> dict[str, float]:
+def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler) -> dict[str, float]:
     """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched)."""
     B, mb = len(rollout.seeds), cfg.per_device_train_batch_size
     tokens = rollout.completion_mask.sum().clamp(min=1)
@@ -167,9 +166,8 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     common.seed_everything(cfg.seed)
     resume_dir = common.latest_checkpoint(out)
     model, tokenizer, thinking = common.load_or_build(str(resume_dir or cfg.model_name_or_path), {}, cfg.seed)
-    ref_model = copy.deepcopy(model).eval().requires_grad_(False) if cfg.beta != 0 else None
-    if ref_model is not None and resume_dir:
-        ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False)
+    # the frozen reference is always the starting checkpoint, also when resuming
+    ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False) if cfg.beta else None
     pool = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.data_seed, cfg.data_path, **cfg.task_kwargs)
     test = load_examples(cfg.task, "test", cfg.eval_n, cfg.data_seed, **cfg.task_kwargs) if cfg.eval_steps else []
     reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
@@ -215,7 +213,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             t = time.perf_counter()
             fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration)
             metrics["time/old_ref_logprob"] = time.perf_counter() - t
-            metrics.update(update(model, ref_model, rollout, cfg, exploration, optimizer, scheduler))
+            metrics.update(update(model, rollout, cfg, exploration, optimizer, scheduler))
         step += 1
         bar.update(1)
         # 6. log, evaluate, checkpoint
