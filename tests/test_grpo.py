@@ -171,3 +171,59 @@ def test_interrupted_grpo_run_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-6, rtol=1e-5)
     steps = [json.loads(x)["step"] for x in (tmp_path / "cut" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
+
+
+@pytest.mark.parametrize("scale_rewards", ["none", "batch"])
+def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards):
+    """torchrun with 2 CPU processes (each rolling out half the groups) = 1 process, same global batch.
+
+    Greedy answers under dropout masks keep the rollouts a function of each row's seed alone;
+    ``scale_rewards=batch`` needs every process's rewards; dapo needs the global token count.
+    """
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoModelForCausalLM
+
+    tiny = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
+            "disable_tqdm=true", "task_kwargs={num_steps: 2}"]  # fmt: skip
+    assert main(["sft", f"output_dir={tmp_path / 'sft'}", "mode=coconut", "start_stage=1", "max_latent_stage=1",
+                 "num_train_epochs=1", *tiny]) == 0  # fmt: skip
+    common = ["grpo", f"model_name_or_path={tmp_path / 'sft' / 'final'}", "num_generations=4", "generation_batch_size=16",
+              "per_device_train_batch_size=4", "max_completion_length=8", "task_kwargs={num_steps: 2}", "max_steps=2",
+              "disable_tqdm=true", "learning_rate=1e-2", "temperature=0", "dropout_p=0.5", "dropout_sites=[block]", "dropout_cover_answer=true",
+              "dropout_cover_prefill=true", f"scale_rewards={scale_rewards}", "beta=0.04", "save_steps=0"]  # fmt: skip
+    # an untrained policy rarely gets answers right: reward a function of the text so the groups vary
+    (tmp_path / "text_rewards.py").write_text(
+        "import zlib\ndef by_text(prompts, completions, **kw):\n"
+        "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    common += ["reward_funcs=[text_rewards:by_text]"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "latentrl.cli",
+                          *common, f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert main([*common, f"output_dir={tmp_path / 'one'}"]) == 0
+    one_log = [json.loads(x) for x in (tmp_path / "one" / "log.jsonl").read_text().splitlines()]
+    two_log = [json.loads(x) for x in (tmp_path / "two" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in two_log] == [1, 2]  # one process writes the log
+    for a, b in zip(one_log, two_log):
+        for key in ["reward", "reward_std", "frac_reward_zero_std", "kl", "loss", "grad_norm"]:
+            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-6), key
+    assert one_log[0]["grad_norm"] > 0
+    a = AutoModelForCausalLM.from_pretrained(tmp_path / "one" / "final").state_dict()
+    b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final").state_dict()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_prompts_that_do_not_split_over_processes_are_a_clear_error(tmp_path, monkeypatch):
+    import accelerate
+
+    monkeypatch.setattr(accelerate.Accelerator, "num_processes", property(lambda self: 3))
+    with pytest.raises(ValueError, match="4 prompts per step cannot be split over 3 processes"):
+        from latentrl.train.grpo import train_grpo
+
+        train_grpo(GRPOConfig(model_name_or_path="x", output_dir=str(tmp_path), num_generations=4, generation_batch_size=16,
+                              per_device_train_batch_size=4))  # fmt: skip

@@ -117,5 +117,17 @@ def average_gradients(model: torch.nn.Module, accelerator) -> None:
     if accelerator.num_processes == 1:
         return
     for p in model.parameters():
-        if p.grad is not None:
+        if p.requires_grad:
+            if p.grad is None:  # this process had nothing to back-propagate; it still takes part
+                p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
+
+
+def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
+    """Each metric averaged over the processes that report it (a process may lack some keys)."""
+    if accelerator.num_processes == 1:
+        return metrics
+    everyone: list[dict[str, float]] = [{} for _ in range(accelerator.num_processes)]
+    torch.distributed.all_gather_object(everyone, metrics)
+    keys = dict.fromkeys(k for m in everyone for k in m)
+    return {k: float(np.mean([m[k] for m in everyone if k in m])) for k in keys}

@@ -78,8 +78,13 @@ def grpo_step_metrics(rollout: Rollout, G: int) -> dict[str, float]:
     }
 
 
-def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration, seeds, generator, reward_funcs, weights):
-    """Steps 2-3: generate, score, and compute the advantages into one :class:`Rollout`."""
+def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration, seeds, generator, reward_funcs, weights,
+                 accelerator=None):
+    """Steps 2-3: generate, score, and compute the advantages into one :class:`Rollout`.
+
+    With several processes each one rolls out its own whole groups; the rewards of all processes
+    are gathered so that ``scale_rewards="batch"`` sees the whole batch, as in TRL.
+    """
     gen, texts = roll_out(model, tokenizer, thinking, batch, num_generations=cfg.num_generations,
                           max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                           top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator)  # fmt: skip
@@ -88,7 +93,12 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     prompts = [ex.question for ex in batch for _ in range(G)]
     columns = {"answer": [ex.answer for ex in batch for _ in range(G)], "steps": [list(ex.steps) for ex in batch for _ in range(G)]}
     rewards, parts = score(reward_funcs, weights, prompts, texts, columns)
-    advantages = group_advantages(rewards, G, cfg.scale_rewards)
+    if accelerator is not None and accelerator.num_processes > 1:
+        everyone = accelerator.gather(rewards)  # [world * B] in process order
+        start = accelerator.process_index * len(rewards)
+        advantages = group_advantages(everyone, G, cfg.scale_rewards)[start : start + len(rewards)]
+    else:
+        advantages = group_advantages(rewards, G, cfg.scale_rewards)
     mask = gen.completion_mask
     if cfg.mask_truncated_completions:
         mask = mask * (~gen.truncated)[:, None].long()
@@ -104,14 +114,22 @@ def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
     return rollout.select(rows)
 
 
-def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler) -> dict[str, float]:
-    """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched)."""
-    B, mb = len(rollout.seeds), cfg.per_device_train_batch_size
-    tokens = rollout.completion_mask.sum().clamp(min=1)
+def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator=None) -> dict[str, float]:
+    """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched).
+
+    Normalisers are global: ``B`` counts the rollouts and ``tokens`` the completion tokens of all
+    processes, and each process's loss is scaled by the number of processes, so that averaging the
+    gradients over processes gives the gradient of the whole batch's loss.
+    """
+    world, mb = accelerator.num_processes if accelerator else 1, cfg.per_device_train_batch_size
+    counts = torch.tensor([len(rollout.seeds), int(rollout.completion_mask.sum())], dtype=torch.float64)
+    if world > 1:
+        torch.distributed.all_reduce(counts)
+    B, tokens = max(1, int(counts[0])), counts[1].clamp(min=1).to(torch.float32)
     metrics: dict[str, float] = {}
     timings = {"time/logprob": 0.0, "time/backward": 0.0}
     for _ in range(cfg.num_iterations):
-        for start in range(0, B, mb):
+        for start in range(0, len(rollout.seeds), mb):
             part = rollout.select(slice(start, start + mb))
             t = time.perf_counter()
             lp = completion_logps(model, part, exploration, cfg.temperature)
@@ -121,13 +139,17 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
                                   cfg.max_completion_length, num_items_in_batch=tokens)  # fmt: skip
             if cfg.loss_type != "dapo":
                 loss = loss * len(part.seeds) / B  # micro-batch means -> batch mean
+            loss = loss * world  # gradients are averaged over processes below
             t = time.perf_counter()
             loss.backward()
             timings["time/backward"] += time.perf_counter() - t
             m["entropy"] = (lp.entropy * part.completion_mask).sum().item() / max(1, part.completion_mask.sum().item())
-            m["loss"] = loss.item()
-            for k, v in m.items():
-                metrics[k] = metrics.get(k, 0.0) + v * len(part.seeds) / (B * cfg.num_iterations)
+            for k, v in m.items():  # micro-batch values -> this process's mean
+                metrics[k] = metrics.get(k, 0.0) + v * len(part.seeds) / (len(rollout.seeds) * cfg.num_iterations)
+            # the batch loss: sum of the scaled micro-batch losses (its mean over processes is the global one)
+            metrics["loss"] = metrics.get("loss", 0.0) + loss.item() / cfg.num_iterations
+        if world > 1:
+            common.average_gradients(model, accelerator)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
         metrics["grad_norm"] = float(norm)
         optimizer.step()
@@ -142,6 +164,8 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
     reference, both under the rollout's recorded noise."""
     mb = cfg.per_device_train_batch_size
     parts = [rollout.select(slice(s, s + mb)) for s in range(0, len(rollout.seeds), mb)]
+    if not parts:  # every group of this process was dropped (skip_zero_std_groups)
+        return
     if cfg.num_iterations > 1:
         rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature).logps for p in parts])
     if ref_model is not None:
@@ -155,19 +179,35 @@ def evaluate_greedy(model, tokenizer, thinking, examples, max_new_tokens: int) -
 
 
 def train_grpo(cfg: GRPOConfig) -> Path:
-    """Run GRPO; returns the final checkpoint directory (``output_dir/final``)."""
+    """Run GRPO; returns the final checkpoint directory (``output_dir/final``).
+
+    Several processes (``accelerate launch`` / ``torchrun``) split each step's prompts: every
+    process rolls out and scores whole groups, the rewards are gathered for the advantages, and the
+    gradients are averaged, so N processes train like one process with the same global batch.
+    """
+    from accelerate import Accelerator
     from transformers import get_scheduler
 
     # setup: model, reference, data, exploration, optimizer, resume point
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes over gloo
+    world, rank = accelerator.num_processes, accelerator.process_index
+    G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
     if not cfg.model_name_or_path:
         raise ValueError("grpo needs model_name_or_path (an SFT checkpoint)")
+    if n_prompts % world:
+        raise ValueError(f"generation_batch_size / num_generations = {n_prompts} prompts per step cannot be split "
+                         f"over {world} processes; make it a multiple of {world}")  # fmt: skip
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     common.seed_everything(cfg.seed)
     resume_dir = common.latest_checkpoint(out)
     model, tokenizer, thinking = common.load_or_build(str(resume_dir or cfg.model_name_or_path), {}, cfg.seed)
+    model.to(accelerator.device)
     # the frozen reference is always the starting checkpoint, also when resuming
-    ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False) if cfg.beta else None
+    ref_model = None
+    if cfg.beta:
+        ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False)
+        ref_model.to(accelerator.device)
     pool = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.data_seed, cfg.data_path, **cfg.task_kwargs)
     test = load_examples(cfg.task, "test", cfg.eval_n, cfg.data_seed, **cfg.task_kwargs) if cfg.eval_steps else []
     reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
@@ -181,44 +221,60 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     if state:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-    save_config(cfg, out / "config.yaml")
-    logger = common.RunLogger(out, cfg.report_to)
-    G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"grpo[{cfg.exploration}]", disable=True if cfg.disable_tqdm else None)  # None: off when not a terminal
+    main = accelerator.is_main_process
+    if main:
+        save_config(cfg, out / "config.yaml")
+    logger = common.RunLogger(out, cfg.report_to, main)
+    show = not cfg.disable_tqdm and accelerator.is_local_main_process
+    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"grpo[{cfg.exploration}]", disable=None if show else True)  # None: off when not a terminal
 
     def checkpoint(path: Path) -> None:
-        save_checkpoint(path, model, tokenizer, thinking, dict(global_step=step, optimizer=optimizer.state_dict(),
-                                                               scheduler=scheduler.state_dict()))  # fmt: skip
-        common.prune_checkpoints(out, cfg.save_total_limit)
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(path, model, tokenizer, thinking, dict(global_step=step, optimizer=optimizer.state_dict(),
+                                                                   scheduler=scheduler.state_dict()))  # fmt: skip
+            common.prune_checkpoints(out, cfg.save_total_limit)
+
+    def evaluate_now() -> float | None:
+        accuracy = evaluate_greedy(model, tokenizer, thinking, test, cfg.max_completion_length) if main else None
+        accelerator.wait_for_everyone()
+        return accuracy
 
     if cfg.eval_steps and step == 0:
-        logger.log(0, {"eval/accuracy": evaluate_greedy(model, tokenizer, thinking, test, cfg.max_completion_length)})
+        logger.log(0, {"eval/accuracy": evaluate_now()})
     while step < cfg.max_steps:
-        # 1. prompts and one noise seed per rollout, both functions of (seed, step): resumable
+        # 1. prompts and one noise seed per rollout, both functions of (seed, step): resumable;
+        #    each process takes its own slice of whole groups
         rng = random.Random(cfg.seed * 1_000_003 + step)
         batch = rng.sample(pool, n_prompts) if n_prompts <= len(pool) else rng.choices(pool, k=n_prompts)
         seeds = rollout_seeds(cfg.seed, step, n_prompts * G)
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        local = n_prompts // world
+        batch, seeds = batch[rank * local : (rank + 1) * local], seeds[rank * local * G : (rank + 1) * local * G]
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         # 2-3. roll out, score, advantages
         model.eval()
         t = time.perf_counter()
         rollout, reward_time = make_rollout(model, tokenizer, thinking, batch, cfg, exploration, seeds, generator,
-                                            reward_funcs, weights)  # fmt: skip
+                                            reward_funcs, weights, accelerator)  # fmt: skip
         metrics = {"time/rollout": time.perf_counter() - t - reward_time, "time/reward": reward_time,
                    **grpo_step_metrics(rollout, G), **group_diagnostics(rollout, G)}  # fmt: skip
         if cfg.skip_zero_std_groups:
             rollout = keep_informative_groups(rollout, G)
         # 4-5. old / reference log-probs under the recorded noise, then the updates
-        if len(rollout.seeds):  # the model stays in eval mode: the only noise is the recorded one
+        kept = torch.tensor([len(rollout.seeds)])
+        if world > 1:
+            torch.distributed.all_reduce(kept)
+        if int(kept):  # the model stays in eval mode: the only noise is the recorded one
             t = time.perf_counter()
             fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration)
             metrics["time/old_ref_logprob"] = time.perf_counter() - t
-            metrics.update(update(model, rollout, cfg, exploration, optimizer, scheduler))
+            metrics.update(update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator))
+        metrics = common.mean_over_processes(metrics, accelerator)
         step += 1
         bar.update(1)
         # 6. log, evaluate, checkpoint
         if cfg.eval_steps and step % cfg.eval_steps == 0:
-            metrics["eval/accuracy"] = evaluate_greedy(model, tokenizer, thinking, test, cfg.max_completion_length)
+            metrics["eval/accuracy"] = evaluate_now()
         if step % cfg.logging_steps == 0 or "eval/accuracy" in metrics:
             metrics["learning_rate"] = scheduler.get_last_lr()[0]
             logger.log(step, metrics)
