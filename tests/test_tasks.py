@@ -97,10 +97,11 @@ def test_deterministic_by_seed(task: str) -> None:
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
 @settings(max_examples=8, deadline=None)
 @given(train_seed=SEEDS, test_seed=SEEDS)
-def test_train_test_disjoint(task: str, train_seed: int, test_seed: int) -> None:
+def test_train_validation_test_disjoint(task: str, train_seed: int, test_seed: int) -> None:
     train = {problem_key(task, e) for e in load_examples(task, "train", n=300, seed=train_seed)}
+    validation = {problem_key(task, e) for e in load_examples(task, "validation", n=30, seed=test_seed)}
     test = {problem_key(task, e) for e in load_examples(task, "test", n=60, seed=test_seed)}
-    assert not train & test
+    assert not train & test and not train & validation and not validation & test
 
 
 @pytest.mark.parametrize("task", SYNTHETIC_TASKS)
@@ -110,10 +111,11 @@ def test_no_duplicates_within_split(task: str) -> None:
         assert len(set(keys)) == n
 
 
-def test_test_split_is_about_a_tenth() -> None:
+def test_test_split_is_about_a_tenth_and_validation_a_twentieth() -> None:
     questions = [f"{a}*{b}" for a in range(100, 140) for b in range(100, 150)]
-    share = sum(split_of("multiply", q) == "test" for q in questions) / len(questions)
-    assert 0.07 < share < 0.13
+    splits = [split_of("multiply", q) for q in questions]
+    assert 0.07 < splits.count("test") / len(questions) < 0.13
+    assert 0.03 < splits.count("validation") / len(questions) < 0.07
 
 
 @settings(max_examples=20, deadline=None)
@@ -203,8 +205,8 @@ def test_unknown_task_knob_split_and_missing_n() -> None:
         load_examples("multiply", n=1, digitz=3)
     with pytest.raises(DataError, match="unknown knob 'hub'.*hub_config, hub_id"):
         load_examples("jsonl", path="x.jsonl", hub="a")
-    with pytest.raises(DataError, match="unknown split 'validation'"):
-        load_examples("arith", "validation", n=1)
+    with pytest.raises(DataError, match="unknown split 'dev'"):
+        load_examples("arith", "dev", n=1)
     with pytest.raises(DataError, match="pass n="):
         load_examples("arith")
     with pytest.raises(DataError, match="'modulus' must be"):

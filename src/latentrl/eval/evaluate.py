@@ -116,6 +116,12 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
     return EvalResult(metrics, predictions)
 
 
+def greedy_accuracy(model, tokenizer, thinking: ThinkingConfig, examples, max_new_tokens: int = 64) -> float:
+    """Greedy accuracy on ``examples``: what the trainers' periodic evaluation reports."""
+    cfg = EvalConfig(max_new_tokens=max_new_tokens, samples=1)
+    return evaluate(model, tokenizer, thinking, examples, cfg).metrics["accuracy"]
+
+
 def bma_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) -> dict:
     """Bayesian model average: greedy answers under M dropout masks per problem, majority vote."""
     from latentrl.eval.metrics import majority_vote

@@ -4,7 +4,7 @@
 >>> examples[0].question, examples[0].steps, examples[0].answer   # e.g. "4+7*3", ("4+7=1", "1*3=3"), "3"
 
 Synthetic tasks (``SYNTHETIC_TASKS``) generate ``n`` problems deterministically from
-(task, split, seed, knobs); train and test never overlap. File formats (``FILE_FORMATS``)
+(task, split, seed, knobs); train, validation and test never overlap. File formats (``FILE_FORMATS``)
 read a local file, or for gsm8k / gsm8k-aug with no path, a Hugging Face Hub dataset.
 """
 
@@ -50,7 +50,7 @@ def load_examples(
 ) -> list[Example]:
     """Examples of ``task``: generated (synthetic tasks) or read (file formats).
 
-    Synthetic: ``n`` problems (required) of ``split`` ("train" or "test"), a pure function of
+    Synthetic: ``n`` problems (required) of ``split`` ("train", "validation" or "test"), a pure function of
     (task, split, seed, knobs). Files: the first ``n`` (default all) examples of ``path``
     (.jsonl/.json/.parquet); ``split`` and ``seed`` are ignored. With no path, gsm8k and
     gsm8k-aug load ``split`` of a Hub dataset (knobs ``hub_id``, ``hub_config``) — network access.

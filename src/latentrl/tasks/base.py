@@ -2,10 +2,12 @@
 machinery of the synthetic generators: knob checking, the train/test partition
 and deterministic de-duplicated sampling.
 
-Train/test partition: a problem belongs to the test split when the SHA-256 of its
-canonical text (``"<task>|<canonical>"``) falls in the first ``TEST_FRACTION`` of
-the hash range, otherwise to train. The partition depends on the problem alone,
-never on the seed, so the two splits are disjoint whatever seeds are used.
+Train/validation/test partition: a problem belongs to the test split when the SHA-256 of
+its canonical text (``"<task>|<canonical>"``) falls in the first ``TEST_FRACTION`` of the
+hash range, to validation when it falls in the next ``VALIDATION_FRACTION``, otherwise to
+train. The partition depends on the problem alone, never on the seed, so the three splits
+are disjoint whatever seeds are used. Validation is what model selection (early stopping)
+looks at, so that the test split stays untouched until the final evaluation.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-SPLITS: tuple[str, ...] = ("train", "test")
+SPLITS: tuple[str, ...] = ("train", "validation", "test")
 TEST_FRACTION: float = 0.1
+VALIDATION_FRACTION: float = 0.05
 _MAX_MISSES: int = 2000  # consecutive draws that add nothing before giving up on uniqueness
 
 
@@ -72,7 +75,9 @@ def split_of(task: str, canonical: str) -> str:
     """The split a problem belongs to, from a stable hash of its canonical text."""
     digest = hashlib.sha256(f"{task}|{canonical}".encode("utf-8")).digest()
     bucket = int.from_bytes(digest[:8], "big") / 2**64
-    return "test" if bucket < TEST_FRACTION else "train"
+    if bucket < TEST_FRACTION:
+        return "test"
+    return "validation" if bucket < TEST_FRACTION + VALIDATION_FRACTION else "train"
 
 
 def check_split(split: str) -> str:

@@ -22,6 +22,7 @@ import torch
 from tqdm.auto import tqdm
 
 from latentrl.config import save_config
+from latentrl.eval.evaluate import greedy_accuracy
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
 from latentrl.models import save_checkpoint
@@ -172,12 +173,6 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
         rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature).logps for p in parts])
 
 
-def evaluate_greedy(model, tokenizer, thinking, examples, max_new_tokens: int) -> float:
-    from latentrl.eval.evaluate import EvalConfig, evaluate
-
-    return evaluate(model, tokenizer, thinking, examples, EvalConfig(max_new_tokens=max_new_tokens, samples=1)).metrics["accuracy"]
-
-
 def train_grpo(cfg: GRPOConfig) -> Path:
     """Run GRPO; returns the final checkpoint directory (``output_dir/final``).
 
@@ -236,7 +231,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             common.prune_checkpoints(out, cfg.save_total_limit)
 
     def evaluate_now() -> float | None:
-        accuracy = evaluate_greedy(model, tokenizer, thinking, test, cfg.max_completion_length) if main else None
+        accuracy = greedy_accuracy(model, tokenizer, thinking, test, cfg.max_completion_length) if main else None
         accelerator.wait_for_everyone()
         return accuracy
 

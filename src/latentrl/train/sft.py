@@ -7,6 +7,9 @@
 3. encode the epoch's examples for the stage; iterate shuffled batches (seeded by epoch)
 4. latent forward, cross-entropy on the completion, backward, optimizer step (accelerate)
 5. log every ``logging_steps``; checkpoint every ``save_steps``, at each stage end and at the end
+6. with ``eval_strategy="epoch"``: greedy accuracy on validation problems after every epoch; once
+   the curriculum has reached its last stage, keep the best epoch in ``best/`` and stop after
+   ``early_stopping_patience`` epochs without improvement ("trained to its plateau")
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ import torch
 from tqdm.auto import tqdm
 
 from latentrl.config import save_config
-from latentrl.models import collate, latent_forward, save_checkpoint
+from latentrl.eval.evaluate import greedy_accuracy
+from latentrl.models import collate, latent_forward, load_checkpoint, save_checkpoint
 from latentrl.models.checkpoint import load_trainer_state
 from latentrl.models.layout import ThinkingConfig, encode_example, stage_plan
 from latentrl.tasks import load_examples
@@ -74,6 +78,15 @@ class SFTConfig:
     seed: int = field(default=0, metadata={"help": "Seed of model init, data and shuffling."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after N optimizer steps (-1: no limit)."})
     max_time_seconds: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
+    eval_strategy: str = field(default="no", metadata={"help": "no, or epoch: greedy validation accuracy after every epoch."})
+    eval_n: int = field(default=500, metadata={"help": "Validation problems (synthetic tasks: the validation split)."})
+    eval_data_path: str | None = field(default=None, metadata={"help": "Validation file for file formats."})
+    early_stopping_patience: int = field(
+        default=0, metadata={"help": "Stop after N evaluations at the last stage without a better accuracy (0: off)."}
+    )
+    load_best_model_at_end: bool = field(
+        default=False, metadata={"help": "final/ holds the best validation epoch of the last stage, not the last one."}
+    )
     disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
 
     def __post_init__(self) -> None:
@@ -83,6 +96,10 @@ class SFTConfig:
             raise ValueError(f"model_family must be gpt2, llama or qwen2, got {self.model_family!r}")
         if self.epochs_per_stage < 1 or self.c_thought < 1:
             raise ValueError("epochs_per_stage and c_thought must be >= 1")
+        if self.eval_strategy not in ("no", "epoch"):
+            raise ValueError(f"eval_strategy must be no or epoch, got {self.eval_strategy!r}")
+        if self.eval_strategy == "no" and (self.early_stopping_patience or self.load_best_model_at_end):
+            raise ValueError("early_stopping_patience and load_best_model_at_end need eval_strategy=epoch")
 
     @property
     def thinking_mode(self) -> str:
@@ -93,6 +110,14 @@ class SFTConfig:
             return 0
         stage = self.start_stage + epoch // self.epochs_per_stage
         return stage if self.final_stage is None else min(stage, self.final_stage)
+
+    def at_last_stage(self, epoch: int) -> bool:
+        """No later epoch changes the layout (CoT/no-CoT always; Coconut once its stage is final)."""
+        if self.mode != "coconut":
+            return True
+        if self.final_stage is not None:
+            return self.stage_of(epoch) >= self.final_stage
+        return self.stage_of(epoch) > self.max_latent_stage  # past max every step is latent
 
 
 def encode_epoch(examples, tokenizer, thinking: ThinkingConfig, cfg: SFTConfig, stage: int, rng: random.Random):
@@ -129,6 +154,26 @@ def _new_optimizer(model, cfg: SFTConfig, total_steps: int):
     return opt, sched
 
 
+def validation_examples(cfg: SFTConfig):
+    """The problems of the per-epoch evaluation: the validation split, or ``eval_data_path``."""
+    from latentrl.tasks import FILE_FORMATS
+
+    if cfg.task in FILE_FORMATS:
+        if not cfg.eval_data_path:
+            raise ValueError(f"eval_strategy=epoch on the file task {cfg.task!r} needs eval_data_path (a validation file)")
+        return load_examples(cfg.task, n=cfg.eval_n, path=cfg.eval_data_path, **cfg.task_kwargs)
+    return load_examples(cfg.task, "validation", cfg.eval_n, cfg.seed, **cfg.task_kwargs)
+
+
+def validate(model, tokenizer, thinking: ThinkingConfig, examples, accelerator) -> float:
+    """Greedy accuracy on ``examples``, computed by the main process and shared with the others."""
+    accuracy = [greedy_accuracy(model, tokenizer, thinking, examples) if accelerator.is_main_process else 0.0]
+    if accelerator.num_processes > 1:
+        torch.distributed.broadcast_object_list(accuracy, src=0)
+    model.train()
+    return float(accuracy[0])
+
+
 def train_sft(cfg: SFTConfig) -> Path:
     """Run supervised training; returns the final checkpoint directory (``output_dir/final``)."""
     from accelerate import Accelerator
@@ -146,10 +191,12 @@ def train_sft(cfg: SFTConfig) -> Path:
     model.to(accelerator.device)
     thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
     examples = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.seed, cfg.data_path, **cfg.task_kwargs)
+    validation = validation_examples(cfg) if cfg.eval_strategy == "epoch" else []
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
     state = load_trainer_state(resume_dir) if resume_dir else None
     start_epoch, skip, global_step = (state["epoch"], state["batch_in_epoch"], state["global_step"]) if state else (0, 0, 0)
+    best = dict(state.get("best", {})) if state else {}  # {"accuracy", "epoch"} of the best last-stage epoch
     accum, batch = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
     steps_per_epoch = math.ceil(len(examples) / (batch * accelerator.num_processes * accum))
     total_steps = steps_per_epoch * cfg.num_train_epochs if cfg.max_steps < 0 else cfg.max_steps
@@ -169,7 +216,7 @@ def train_sft(cfg: SFTConfig) -> Path:
             thinking.num_latents = inference_latents(cfg, stage)
             if cfg.mode == "coconut":
                 thinking.curriculum_stage, thinking.max_latent_stage = stage, cfg.max_latent_stage
-            trainer_state = dict(epoch=epoch, batch_in_epoch=batch_in_epoch, global_step=global_step, stage=stage,
+            trainer_state = dict(epoch=epoch, batch_in_epoch=batch_in_epoch, global_step=global_step, stage=stage, best=best,
                                  optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state())  # fmt: skip
             save_checkpoint(path, model, tokenizer, thinking, trainer_state)
             common.prune_checkpoints(out, cfg.save_total_limit)
@@ -224,11 +271,26 @@ def train_sft(cfg: SFTConfig) -> Path:
                 break
         if out_of_budget():
             break
+        # 6. validation; the best epoch of the last stage; early stopping at the plateau
+        plateau = False
+        if cfg.eval_strategy == "epoch":
+            thinking.num_latents = inference_latents(cfg, stage)
+            accuracy = validate(model, tokenizer, thinking, validation, accelerator)
+            logger.log(global_step, {"eval/accuracy": accuracy, "epoch": epoch + 1, "stage": stage})
+            if cfg.at_last_stage(epoch):
+                if not best or accuracy > best["accuracy"]:
+                    best.update(accuracy=accuracy, epoch=epoch + 1)
+                    checkpoint(out / "best", epoch + 1, 0)
+                plateau = cfg.early_stopping_patience > 0 and epoch + 1 - best["epoch"] >= cfg.early_stopping_patience
         checkpoint(out / f"checkpoint-{global_step}", epoch + 1, 0)
         if cfg.mode == "coconut" and (epoch + 1 == cfg.num_train_epochs or cfg.stage_of(epoch + 1) != stage):
             checkpoint(out / f"stage-{stage}", epoch + 1, 0)
+        if plateau:
+            break
     bar.close()
     final = out / "final"
+    if cfg.load_best_model_at_end and best:
+        model.load_state_dict(load_checkpoint(out / "best")[0].state_dict())
     checkpoint(final, cfg.num_train_epochs, 0)
     logger.close()
     return final

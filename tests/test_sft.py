@@ -1,0 +1,54 @@
+"""SFT's per-epoch validation: early stopping at the plateau and the best epoch kept."""
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from latentrl.cli import main
+from latentrl.train import sft
+from latentrl.train.sft import SFTConfig
+
+TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
+        "disable_tqdm=true", "task_kwargs={num_steps: 2}", "eval_strategy=epoch", "eval_n=8"]  # fmt: skip
+
+
+def eval_log(out):
+    return [r for r in map(json.loads, (out / "log.jsonl").read_text().splitlines()) if "eval/accuracy" in r]
+
+
+def test_a_flat_validation_curve_stops_after_patience_epochs(tmp_path):
+    # lr 0: the accuracy cannot move, so the first epoch stays the best and training stops one epoch later
+    assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=6", "learning_rate=0",
+                 "early_stopping_patience=1"]) == 0  # fmt: skip
+    assert [r["epoch"] for r in eval_log(tmp_path)] == [1, 2]
+    state = torch.load(tmp_path / "best" / "trainer_state.pt", weights_only=False)
+    assert state["best"]["epoch"] == 1
+
+
+def test_the_best_epoch_of_the_last_stage_is_kept(tmp_path, monkeypatch):
+    # scripted validation accuracies; stage 1 (epoch 1) is not the last stage, so its 0.9 does not count
+    scores = iter([0.9, 0.5, 0.7, 0.6, 0.4, 0.3])
+    monkeypatch.setattr(sft, "validate", lambda *a, **k: next(scores))
+    assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=coconut", "start_stage=1", "max_latent_stage=2",
+                 "final_stage=2", "num_train_epochs=6", "save_total_limit=10", "early_stopping_patience=2",
+                 "load_best_model_at_end=true"]) == 0  # fmt: skip
+    log = eval_log(tmp_path)
+    assert [(r["epoch"], r["stage"], r["eval/accuracy"]) for r in log] == [(1, 1, 0.9), (2, 2, 0.5), (3, 2, 0.7),
+                                                                           (4, 2, 0.6), (5, 2, 0.4)]  # fmt: skip
+    best = AutoModelForCausalLM.from_pretrained(tmp_path / "best").state_dict()
+    final = AutoModelForCausalLM.from_pretrained(tmp_path / "final").state_dict()
+    last = AutoModelForCausalLM.from_pretrained(tmp_path / "checkpoint-10").state_dict()  # 2 steps/epoch x 5
+    assert all(torch.equal(best[k], final[k]) for k in best)
+    assert not all(torch.equal(best[k], last[k]) for k in best)
+    assert json.loads((tmp_path / "final" / "latentrl.json").read_text())["curriculum_stage"] == 2
+
+
+def test_eval_options_are_checked():
+    with pytest.raises(ValueError, match="eval_strategy must be no or epoch"):
+        SFTConfig(eval_strategy="steps")
+    with pytest.raises(ValueError, match="need eval_strategy=epoch"):
+        SFTConfig(early_stopping_patience=2)
+    with pytest.raises(ValueError, match="needs eval_data_path"):
+        sft.validation_examples(SFTConfig(task="gsm8k", eval_strategy="epoch"))
