@@ -1,9 +1,14 @@
 """``latentrl sweep``: methods x seeds from SFT checkpoints, with a table and plots.
 
-1. for each seed: evaluate the SFT checkpoint (the baseline of that seed)
+1. for each seed: the SFT baseline — given (``sft_checkpoints``) or trained here with the seed
+   (``sft``: SFTConfig fields, e.g. early stopping on validation accuracy) — and its test accuracy
 2. for each GRPO method: train from the seed's SFT checkpoint, evaluate greedy test accuracy
 3. ``sft_more``: more SFT from the same checkpoint for as long as ``dropout_grpo`` trained
 4. write ``results.json``, ``table.md`` (mean +- std, 95% CI, paired difference to ``sft``), plots
+
+``data="sft"`` gives RL and ``sft_more`` the SFT run's own training problems and nothing else
+(the same data budget for every method); ``data="fresh"`` lets RL draw its own prompt pool
+(``grpo.data_seed``) and ``sft_more`` fresh problems.
 
 Finished runs (``result.json`` present) are skipped, so an interrupted sweep resumes.
 """
@@ -28,6 +33,12 @@ class SweepConfig:
     sft_checkpoints: list[str] = field(
         default_factory=list, metadata={"help": "SFT checkpoint per seed (or one shared by every seed)."}
     )
+    sft: dict = field(
+        default_factory=dict, metadata={"help": "SFTConfig fields: train each seed's SFT baseline here (seed = the seed)."}
+    )
+    data: str = field(
+        default="fresh", metadata={"help": "sft: RL and sft_more train on the SFT run's problems; fresh: new problems."}
+    )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL seeds."})
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"Of {ALL_METHODS}."})
     grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides shared by the GRPO methods."})
@@ -41,15 +52,43 @@ class SweepConfig:
         unknown = [m for m in self.methods if m not in ALL_METHODS]
         if unknown:
             raise ValueError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
-        if not self.sft_checkpoints:
-            raise ValueError("sft_checkpoints is empty: give one SFT checkpoint per seed, or one for all")
-        if len(self.sft_checkpoints) not in (1, len(self.seeds)):
+        if bool(self.sft_checkpoints) == bool(self.sft):
+            raise ValueError("give either sft_checkpoints (one per seed, or one for all) or sft (SFTConfig fields "
+                             "of a baseline trained per seed), not both or neither")  # fmt: skip
+        if self.data not in ("sft", "fresh"):
+            raise ValueError(f"data must be sft or fresh, got {self.data!r}")
+        if self.sft_checkpoints and len(self.sft_checkpoints) not in (1, len(self.seeds)):
             raise ValueError(f"{len(self.sft_checkpoints)} sft_checkpoints for {len(self.seeds)} seeds")
         if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
             raise ValueError("sft_more takes its time budget from dropout_grpo: include both")
 
     def checkpoint_of(self, i: int) -> str:
         return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
+
+
+def sft_data_of(checkpoint: str) -> dict:
+    """The training problems of the SFT run that wrote ``checkpoint`` (from its ``config.yaml``)."""
+    import yaml
+
+    path = Path(checkpoint).parent / "config.yaml"
+    if not path.exists():
+        raise ValueError(f"data=sft needs the SFT run's config next to its checkpoint: {path} not found")
+    run = yaml.safe_load(path.read_text())
+    return {k: run[k] for k in ("task", "task_kwargs", "num_train_examples", "seed", "data_path")}
+
+
+def train_sft_baseline(seed: int, cfg: SweepConfig) -> tuple[str, float]:
+    """The seed's SFT baseline, trained with ``cfg.sft`` (skipped when its ``final/`` exists)."""
+    from latentrl.train.sft import SFTConfig, train_sft
+
+    run_dir = Path(cfg.out, "sft", f"seed{seed}", "train")
+    final = run_dir / "final"
+    if (final / "latentrl.json").exists():
+        return str(final), 0.0
+    t = time.perf_counter()
+    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **cfg.sft,
+              "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
+    return str(train_sft(SFTConfig(**fields))), time.perf_counter() - t
 
 
 def greedy_test_accuracy(checkpoint, cfg: SweepConfig, out: Path) -> dict:
@@ -65,6 +104,10 @@ def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir:
 
     fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm,
               **cfg.grpo, **GRPO_METHODS[method], "seed": seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
+    if cfg.data == "sft":  # the prompts are the SFT run's training problems
+        data = sft_data_of(sft)
+        fields.update(task=data["task"], task_kwargs=data["task_kwargs"], data_path=data["data_path"],
+                      num_train_examples=data["num_train_examples"], data_seed=data["seed"])  # fmt: skip
     return train_grpo(GRPOConfig(**fields))
 
 
@@ -82,6 +125,8 @@ def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir:
     fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **layout,
               "num_train_epochs": 10**6, "save_steps": 0, **cfg.sft_more,
               "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
+    if cfg.data == "sft":  # more epochs over the SFT run's own problems (its seed draws them)
+        fields.update(sft_data_of(sft))
     return train_sft(SFTConfig(**fields))
 
 
@@ -113,8 +158,9 @@ def run_sweep(cfg: SweepConfig) -> dict:
     order = [m for m in ALL_METHODS if m in cfg.methods and m != "sft_more"] + (["sft_more"] if "sft_more" in cfg.methods else [])
     results: dict[tuple[str, int], dict] = {}
     for i, seed in enumerate(cfg.seeds):
+        sft = cfg.checkpoint_of(i) if cfg.sft_checkpoints else train_sft_baseline(seed, cfg)[0]
         for method in order:
-            results[(method, seed)] = run_one(method, seed, cfg.checkpoint_of(i), cfg, results)
+            results[(method, seed)] = run_one(method, seed, sft, cfg, results)
             print(f"[sweep] {method} seed {seed}: accuracy {results[(method, seed)]['accuracy']:.3f}", flush=True)
     summary = summarize(results, cfg.seeds, order)
     (out / "results.json").write_text(json.dumps({"runs": list(results.values()), "summary": summary}, indent=2) + "\n")
