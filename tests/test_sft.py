@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from latentrl.cli import main
-from latentrl.train import sft
+from latentrl.train import common, sft
 from latentrl.train.sft import SFTConfig
 
 TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
@@ -51,4 +51,4 @@ def test_eval_options_are_checked():
     with pytest.raises(ValueError, match="need eval_strategy=epoch"):
         SFTConfig(early_stopping_patience=2)
     with pytest.raises(ValueError, match="needs eval_data_path"):
-        sft.validation_examples(SFTConfig(task="gsm8k", eval_strategy="epoch"))
+        common.validation_examples("gsm8k", 10, 0, {}, None)

@@ -91,7 +91,7 @@ def publish(checkpoint: Path, dest: Path) -> None:
 
 
 def plot_demo(out: Path) -> list[Path]:
-    """``sft_loss.png`` (every SFT run) and ``grpo.png`` (reward and test accuracy over RL steps)."""
+    """``sft_loss.png`` (every SFT run) and ``grpo.png`` (reward and validation accuracy over RL steps)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -116,7 +116,7 @@ def plot_demo(out: Path) -> list[Path]:
         a1.plot([r["step"] for r in log if "reward" in r], [r["reward"] for r in log if "reward" in r])
         a1.set(xlabel="RL step", ylabel="mean reward (training prompts)")
         a2.plot([r["step"] for r in log if "eval/accuracy" in r], [r["eval/accuracy"] for r in log if "eval/accuracy" in r], marker="o")
-        a2.set(xlabel="RL step", ylabel="greedy accuracy (200 test problems)")
+        a2.set(xlabel="RL step", ylabel="greedy accuracy (200 validation problems)")
         fig.tight_layout()
         fig.savefig(out / "grpo.png", dpi=120)
         plt.close(fig)

@@ -49,7 +49,7 @@ def plot_curves(out: Path, methods: list[str], seeds: list[int]) -> list[Path]:
     import matplotlib.pyplot as plt
 
     written = []
-    for key, name, ylabel in [("reward", "reward.png", "mean reward"), ("eval/accuracy", "accuracy.png", "greedy test accuracy")]:
+    for key, name, ylabel in [("reward", "reward.png", "mean reward"), ("eval/accuracy", "accuracy.png", "greedy validation accuracy")]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for m in methods:
             curves = [[(r["step"], r[key]) for r in read_log(out / m / f"seed{s}" / "log.jsonl") if key in r] for s in seeds]

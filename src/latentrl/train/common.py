@@ -98,6 +98,18 @@ def load_or_build(model_name_or_path: str | None, tiny: dict, seed: int):
     return model, tokenizer, thinking
 
 
+def validation_examples(task: str, n: int, seed: int, task_kwargs: dict, eval_data_path: str | None):
+    """Problems of a trainer's periodic evaluation: the validation split of a synthetic task, or
+    ``eval_data_path`` for a file format (the test split stays for the final evaluation)."""
+    from latentrl.tasks import FILE_FORMATS, load_examples
+
+    if task in FILE_FORMATS:
+        if not eval_data_path:
+            raise ValueError(f"periodic evaluation on the file task {task!r} needs eval_data_path (a validation file)")
+        return load_examples(task, n=n, path=eval_data_path, **task_kwargs)
+    return load_examples(task, "validation", n, seed, **task_kwargs)
+
+
 def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 

@@ -204,7 +204,9 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False)
         ref_model.to(accelerator.device)
     pool = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.data_seed, cfg.data_path, **cfg.task_kwargs)
-    test = load_examples(cfg.task, "test", cfg.eval_n, cfg.data_seed, **cfg.task_kwargs) if cfg.eval_steps else []
+    validation = []
+    if cfg.eval_steps:
+        validation = common.validation_examples(cfg.task, cfg.eval_n, cfg.data_seed, cfg.task_kwargs, cfg.eval_data_path)
     reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
     weights = cfg.reward_weights or [1.0] * len(reward_funcs)
     exploration = make_exploration(cfg.exploration, **cfg.exploration_kwargs())
@@ -231,7 +233,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             common.prune_checkpoints(out, cfg.save_total_limit)
 
     def evaluate_now() -> float | None:
-        accuracy = greedy_accuracy(model, tokenizer, thinking, test, cfg.max_completion_length) if main else None
+        accuracy = greedy_accuracy(model, tokenizer, thinking, validation, cfg.max_completion_length) if main else None
         accelerator.wait_for_everyone()
         return accuracy
 

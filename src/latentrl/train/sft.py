@@ -154,17 +154,6 @@ def _new_optimizer(model, cfg: SFTConfig, total_steps: int):
     return opt, sched
 
 
-def validation_examples(cfg: SFTConfig):
-    """The problems of the per-epoch evaluation: the validation split, or ``eval_data_path``."""
-    from latentrl.tasks import FILE_FORMATS
-
-    if cfg.task in FILE_FORMATS:
-        if not cfg.eval_data_path:
-            raise ValueError(f"eval_strategy=epoch on the file task {cfg.task!r} needs eval_data_path (a validation file)")
-        return load_examples(cfg.task, n=cfg.eval_n, path=cfg.eval_data_path, **cfg.task_kwargs)
-    return load_examples(cfg.task, "validation", cfg.eval_n, cfg.seed, **cfg.task_kwargs)
-
-
 def validate(model, tokenizer, thinking: ThinkingConfig, examples, accelerator) -> float:
     """Greedy accuracy on ``examples``, computed by the main process and shared with the others."""
     accuracy = [greedy_accuracy(model, tokenizer, thinking, examples) if accelerator.is_main_process else 0.0]
@@ -191,7 +180,9 @@ def train_sft(cfg: SFTConfig) -> Path:
     model.to(accelerator.device)
     thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
     examples = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.seed, cfg.data_path, **cfg.task_kwargs)
-    validation = validation_examples(cfg) if cfg.eval_strategy == "epoch" else []
+    validation = []
+    if cfg.eval_strategy == "epoch":
+        validation = common.validation_examples(cfg.task, cfg.eval_n, cfg.seed, cfg.task_kwargs, cfg.eval_data_path)
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
     state = load_trainer_state(resume_dir) if resume_dir else None
