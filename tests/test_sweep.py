@@ -51,17 +51,20 @@ def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
     out = tmp_path / "sweep"
     args = ["sweep", f"out={out}", "seeds=[3, 4]", "methods=[sft, dropout_grpo, sft_more]", "eval_n=8", "data=sft",
             "task_kwargs={num_steps: 2}",
-            "sft={mode: coconut, start_stage: 1, max_latent_stage: 1, num_train_epochs: 1, num_train_examples: 48, "
-            "n_layer: 2, n_embd: 32, n_head: 2, per_device_train_batch_size: 16}",
+            "sft=[{mode: cot, num_train_epochs: 1, num_train_examples: 48, n_layer: 2, n_embd: 32, n_head: 2, "
+            "per_device_train_batch_size: 16}, {mode: coconut, start_stage: 1, max_latent_stage: 1, num_train_epochs: 1, "
+            "num_train_examples: 48, per_device_train_batch_size: 16}]",
             "grpo={max_steps: 1, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
             "max_completion_length: 8}", "sft_more={per_device_train_batch_size: 16}"]  # fmt: skip
     assert main(args) == 0
     for seed in (3, 4):
-        baseline = yaml.safe_load((out / "sft" / f"seed{seed}" / "train" / "config.yaml").read_text())
-        assert baseline["seed"] == seed and baseline["num_train_examples"] == 48
+        cot = yaml.safe_load((out / "sft" / f"seed{seed}" / "run0" / "config.yaml").read_text())
+        baseline = yaml.safe_load((out / "sft" / f"seed{seed}" / "run1" / "config.yaml").read_text())
+        assert cot["seed"] == baseline["seed"] == seed and baseline["num_train_examples"] == 48
+        assert baseline["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "run0" / "final")
         rl = yaml.safe_load((out / "dropout_grpo" / f"seed{seed}" / "config.yaml").read_text())
         assert (rl["data_seed"], rl["num_train_examples"]) == (seed, 48)
-        assert rl["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "train" / "final")
+        assert rl["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "run1" / "final")
         more = yaml.safe_load((out / "sft_more" / f"seed{seed}" / "config.yaml").read_text())
         assert (more["seed"], more["num_train_examples"]) == (seed, 48)
 
@@ -72,6 +75,6 @@ def test_sweep_needs_exactly_one_source_of_baselines():
     with pytest.raises(ValueError, match="either sft_checkpoints .* or sft"):
         SweepConfig()
     with pytest.raises(ValueError, match="either sft_checkpoints .* or sft"):
-        SweepConfig(sft_checkpoints=["a"], sft={"mode": "cot"})
+        SweepConfig(sft_checkpoints=["a"], sft=[{"mode": "cot"}])
     with pytest.raises(ValueError, match="data must be sft or fresh"):
         SweepConfig(sft_checkpoints=["a"], data="more")

@@ -33,8 +33,10 @@ class SweepConfig:
     sft_checkpoints: list[str] = field(
         default_factory=list, metadata={"help": "SFT checkpoint per seed (or one shared by every seed)."}
     )
-    sft: dict = field(
-        default_factory=dict, metadata={"help": "SFTConfig fields: train each seed's SFT baseline here (seed = the seed)."}
+    sft: list[dict] = field(
+        default_factory=list,
+        metadata={"help": "Train each seed's SFT baseline here: SFTConfig fields of each run in order (e.g. CoT, "
+                          "then Coconut), each starting from the previous one's final/; seed = the sweep seed."},
     )
     data: str = field(
         default="fresh", metadata={"help": "sft: RL and sft_more train on the SFT run's problems; fresh: new problems."}
@@ -77,18 +79,21 @@ def sft_data_of(checkpoint: str) -> dict:
     return {k: run[k] for k in ("task", "task_kwargs", "num_train_examples", "seed", "data_path")}
 
 
-def train_sft_baseline(seed: int, cfg: SweepConfig) -> tuple[str, float]:
-    """The seed's SFT baseline, trained with ``cfg.sft`` (skipped when its ``final/`` exists)."""
+def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
+    """The seed's SFT baseline: the runs of ``cfg.sft`` in order, each from the previous one's
+    ``final/`` (a run whose ``final/`` exists is not trained again)."""
     from latentrl.train.sft import SFTConfig, train_sft
 
-    run_dir = Path(cfg.out, "sft", f"seed{seed}", "train")
-    final = run_dir / "final"
-    if (final / "latentrl.json").exists():
-        return str(final), 0.0
-    t = time.perf_counter()
-    fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **cfg.sft,
-              "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
-    return str(train_sft(SFTConfig(**fields))), time.perf_counter() - t
+    start = None
+    for i, run in enumerate(cfg.sft):
+        run_dir = Path(cfg.out, "sft", f"seed{seed}", f"run{i}")
+        fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **run,
+                  "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
+        if start is not None:
+            fields["model_name_or_path"] = start
+        done = run_dir / "final" / "latentrl.json"
+        start = str(run_dir / "final") if done.exists() else str(train_sft(SFTConfig(**fields)))
+    return start
 
 
 def greedy_test_accuracy(checkpoint, cfg: SweepConfig, out: Path) -> dict:
@@ -158,7 +163,7 @@ def run_sweep(cfg: SweepConfig) -> dict:
     order = [m for m in ALL_METHODS if m in cfg.methods and m != "sft_more"] + (["sft_more"] if "sft_more" in cfg.methods else [])
     results: dict[tuple[str, int], dict] = {}
     for i, seed in enumerate(cfg.seeds):
-        sft = cfg.checkpoint_of(i) if cfg.sft_checkpoints else train_sft_baseline(seed, cfg)[0]
+        sft = cfg.checkpoint_of(i) if cfg.sft_checkpoints else train_sft_baseline(seed, cfg)
         for method in order:
             results[(method, seed)] = run_one(method, seed, sft, cfg, results)
             print(f"[sweep] {method} seed {seed}: accuracy {results[(method, seed)]['accuracy']:.3f}", flush=True)
