@@ -52,8 +52,8 @@ def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
     args = ["sweep", f"out={out}", "seeds=[3, 4]", "methods=[sft, dropout_grpo, sft_more]", "eval_n=8", "data=sft",
             "task_kwargs={num_steps: 2}",
             "sft=[{mode: cot, num_train_epochs: 1, num_train_examples: 48, n_layer: 2, n_embd: 32, n_head: 2, "
-            "per_device_train_batch_size: 16}, {mode: coconut, start_stage: 1, max_latent_stage: 1, num_train_epochs: 1, "
-            "num_train_examples: 48, per_device_train_batch_size: 16}]",
+            "per_device_train_batch_size: 16}, {mode: coconut, start_stage: 1, max_latent_stage: 1, num_train_epochs: 2, "
+            "num_train_examples: 48, per_device_train_batch_size: 16, eval_strategy: epoch, eval_n: 4}]",
             "grpo={max_steps: 1, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
             "max_completion_length: 8}", "sft_more={per_device_train_batch_size: 16}"]  # fmt: skip
     assert main(args) == 0
@@ -67,6 +67,8 @@ def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
         assert rl["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "run1" / "final")
         more = yaml.safe_load((out / "sft_more" / f"seed{seed}" / "config.yaml").read_text())
         assert (more["seed"], more["num_train_examples"]) == (seed, 48)
+    table = (out / "table.md").read_text()
+    assert "- seed 3, run1 (coconut): 2 epochs (cap), best validation accuracy" in table
 
 
 def test_sweep_needs_exactly_one_source_of_baselines():

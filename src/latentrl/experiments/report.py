@@ -38,7 +38,29 @@ def write_table(summary: dict, path: Path, cfg) -> None:
         delta = (f"{100 * d['mean']:+.1f}", f"[{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]") if d else ("", "")
         lines.append(f"| {m} | {_pct(r['mean'])} ± {_pct(r['std'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | "
                      f"{delta[0]} | {delta[1]} | {r['train_seconds']:.0f} |")  # fmt: skip
+    trained = baseline_training(Path(cfg.out), cfg.seeds)
+    if trained:
+        lines += ["", "SFT baselines trained by the sweep (greedy accuracy on validation problems):", *trained]
     path.write_text("\n".join(lines) + "\n")
+
+
+def baseline_training(out: Path, seeds: list[int]) -> list[str]:
+    """One line per SFT run that the sweep trained: epochs run, best validation epoch, early stop or cap."""
+    import yaml
+
+    lines = []
+    for s in seeds:
+        for run in sorted(Path(out, "sft", f"seed{s}").glob("run*")):
+            evals = [r for r in read_log(run / "log.jsonl") if "eval/accuracy" in r]
+            if not evals:
+                continue
+            cfg = yaml.safe_load((run / "config.yaml").read_text())
+            last = [r for r in evals if r["stage"] == evals[-1]["stage"]]  # the last stage: where the best is picked
+            best = max(last, key=lambda r: (r["eval/accuracy"], -r["epoch"]))
+            why = "cap" if evals[-1]["epoch"] >= cfg["num_train_epochs"] else "early stop"
+            lines.append(f"- seed {s}, {run.name} ({cfg['mode']}): {evals[-1]['epoch']} epochs ({why}), best validation "
+                         f"accuracy {_pct(best['eval/accuracy'])} at epoch {best['epoch']}")  # fmt: skip
+    return lines
 
 
 def plot_curves(out: Path, methods: list[str], seeds: list[int]) -> list[Path]:
