@@ -66,7 +66,7 @@ def zero_and_grads(model, cfg, r, exploration):
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
     grads = {}
-    hook = lambda name: (lambda g: grads.__setitem__(name, g.clone()))  # noqa: E731
+    hook = lambda name: (lambda g: grads.__setitem__(name, grads.get(name, 0) + g))  # noqa: E731  (summed over micro-batches)
     handles = [p.register_hook(hook(n)) for n, p in model.named_parameters()]
     metrics = update(model, r, cfg, exploration, opt, sched)
     for h in handles:

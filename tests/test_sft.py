@@ -25,6 +25,12 @@ def test_a_flat_validation_curve_stops_after_patience_epochs(tmp_path):
     assert [r["epoch"] for r in eval_log(tmp_path)] == [1, 2]
     state = torch.load(tmp_path / "best" / "trainer_state.pt", weights_only=False)
     assert state["best"]["epoch"] == 1
+    final = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=False)
+    assert (final["stopped"], final["epoch"]) == ("plateau", 2)
+    # a rerun in the same directory resumes at the plateau and trains no further epoch
+    assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=6", "learning_rate=0",
+                 "early_stopping_patience=1"]) == 0  # fmt: skip
+    assert [r["epoch"] for r in eval_log(tmp_path)] == [1, 2]
 
 
 def test_the_best_epoch_of_the_last_stage_is_kept(tmp_path, monkeypatch):
@@ -50,5 +56,10 @@ def test_eval_options_are_checked():
         SFTConfig(eval_strategy="steps")
     with pytest.raises(ValueError, match="need eval_strategy=epoch"):
         SFTConfig(early_stopping_patience=2)
+    with pytest.raises(ValueError, match="never reaches its last stage"):
+        SFTConfig(eval_strategy="epoch", load_best_model_at_end=True, mode="coconut", start_stage=1, max_latent_stage=3,
+                  num_train_epochs=2)  # fmt: skip
+    with pytest.raises(ValueError, match="eval_n must be >= 1"):
+        SFTConfig(eval_strategy="epoch", eval_n=0)
     with pytest.raises(ValueError, match="needs eval_data_path"):
         common.validation_examples("gsm8k", 10, 0, {}, None)

@@ -68,7 +68,7 @@ def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
         more = yaml.safe_load((out / "sft_more" / f"seed{seed}" / "config.yaml").read_text())
         assert (more["seed"], more["num_train_examples"]) == (seed, 48)
     table = (out / "table.md").read_text()
-    assert "- seed 3, run1 (coconut): 2 epochs (cap), best validation accuracy" in table
+    assert "- seed 3, run1: 2 epochs, ended by the epoch cap, best validation accuracy" in table
 
 
 def test_sweep_needs_exactly_one_source_of_baselines():

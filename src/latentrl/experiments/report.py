@@ -45,21 +45,21 @@ def write_table(summary: dict, path: Path, cfg) -> None:
 
 
 def baseline_training(out: Path, seeds: list[int]) -> list[str]:
-    """One line per SFT run that the sweep trained: epochs run, best validation epoch, early stop or cap."""
-    import yaml
+    """One line per SFT run that the sweep trained: epochs run, why it stopped, its best validation epoch."""
+    from latentrl.models.checkpoint import load_trainer_state
 
     lines = []
     for s in seeds:
         for run in sorted(Path(out, "sft", f"seed{s}").glob("run*")):
-            evals = [r for r in read_log(run / "log.jsonl") if "eval/accuracy" in r]
-            if not evals:
+            if not (run / "final").is_dir():
                 continue
-            cfg = yaml.safe_load((run / "config.yaml").read_text())
-            last = [r for r in evals if r["stage"] == evals[-1]["stage"]]  # the last stage: where the best is picked
-            best = max(last, key=lambda r: (r["eval/accuracy"], -r["epoch"]))
-            why = "cap" if evals[-1]["epoch"] >= cfg["num_train_epochs"] else "early stop"
-            lines.append(f"- seed {s}, {run.name} ({cfg['mode']}): {evals[-1]['epoch']} epochs ({why}), best validation "
-                         f"accuracy {_pct(best['eval/accuracy'])} at epoch {best['epoch']}")  # fmt: skip
+            state = load_trainer_state(run / "final")
+            best = state.get("best") or {}
+            why = {"plateau": "early stopping", "epochs": "the epoch cap", "budget": "the step/time budget"}
+            line = f"- seed {s}, {run.name}: {state['epoch']} epochs, ended by {why.get(state.get('stopped'), '?')}"
+            if best:
+                line += f", best validation accuracy {_pct(best['accuracy'])} at epoch {best['epoch']}"
+            lines.append(line)
     return lines
 
 

@@ -124,22 +124,41 @@ def average_gradients(model: torch.nn.Module, accelerator) -> None:
     """All-reduce (mean) the gradients over processes, as DDP would; a no-op on one process.
 
     The latent forward calls the model many times per backward, which DDP's hooks do not allow,
-    so the trainers keep the bare model and synchronise here.
+    so the trainers keep the bare model and synchronise here. A process that had nothing to
+    back-propagate (no rows) takes part with zeros; a parameter that no process gave a gradient
+    keeps ``grad=None``, as it would on one process.
     """
     if accelerator.num_processes == 1:
         return
-    for p in model.parameters():
-        if p.requires_grad:
-            if p.grad is None:  # this process had nothing to back-propagate; it still takes part
+    params = [p for p in model.parameters() if p.requires_grad]
+    present = torch.tensor([float(p.grad is not None) for p in params], device=accelerator.device)
+    torch.distributed.all_reduce(present, op=torch.distributed.ReduceOp.MAX)
+    for p, anywhere in zip(params, present.tolist()):
+        if anywhere:
+            if p.grad is None:
                 p.grad = torch.zeros_like(p)
             torch.distributed.all_reduce(p.grad, op=torch.distributed.ReduceOp.AVG)
 
 
-def mean_over_processes(metrics: dict[str, float], accelerator) -> dict[str, float]:
-    """Each metric averaged over the processes that report it (a process may lack some keys)."""
-    if accelerator.num_processes == 1:
+def sum_over_processes(values: list[float], accelerator) -> list[float]:
+    """Element-wise sum of a list of numbers over processes (each process passes the same length)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return [float(v) for v in values]
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return t.cpu().tolist()
+
+
+def mean_over_processes(metrics: dict[str, float], accelerator, weight: float = 1.0) -> dict[str, float]:
+    """Each metric averaged over the processes that report it, weighted by ``weight`` (e.g. the
+    number of rows behind this process's values); a process may lack some keys."""
+    if accelerator is None or accelerator.num_processes == 1:
         return metrics
-    everyone: list[dict[str, float]] = [{} for _ in range(accelerator.num_processes)]
-    torch.distributed.all_gather_object(everyone, metrics)
-    keys = dict.fromkeys(k for m in everyone for k in m)
-    return {k: float(np.mean([m[k] for m in everyone if k in m])) for k in keys}
+    everyone: list = [None] * accelerator.num_processes
+    torch.distributed.all_gather_object(everyone, (metrics, float(weight)))
+    out = {}
+    for k in dict.fromkeys(k for m, _ in everyone for k in m):
+        pairs = [(m[k], w) for m, w in everyone if k in m]
+        total = sum(w for _, w in pairs)
+        out[k] = sum(v * w for v, w in pairs) / total if total > 0 else float(np.mean([v for v, _ in pairs]))
+    return out

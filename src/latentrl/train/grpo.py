@@ -95,9 +95,9 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     columns = {"answer": [ex.answer for ex in batch for _ in range(G)], "steps": [list(ex.steps) for ex in batch for _ in range(G)]}
     rewards, parts = score(reward_funcs, weights, prompts, texts, columns)
     if accelerator is not None and accelerator.num_processes > 1:
-        everyone = accelerator.gather(rewards)  # [world * B] in process order
+        all_rewards = accelerator.gather(rewards.to(accelerator.device)).cpu()  # [world * B] in process order
         start = accelerator.process_index * len(rewards)
-        advantages = group_advantages(everyone, G, cfg.scale_rewards)[start : start + len(rewards)]
+        advantages = group_advantages(all_rewards, G, cfg.scale_rewards)[start : start + len(rewards)]
     else:
         advantages = group_advantages(rewards, G, cfg.scale_rewards)
     mask = gen.completion_mask
@@ -120,13 +120,13 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
 
     Normalisers are global: ``B`` counts the rollouts and ``tokens`` the completion tokens of all
     processes, and each process's loss is scaled by the number of processes, so that averaging the
-    gradients over processes gives the gradient of the whole batch's loss.
+    gradients over processes gives the gradient of the whole batch's loss (``bnpo`` normalises by
+    each micro-batch's tokens, as TRL does per device). Every process calls this, also one whose
+    rows were all dropped: the collectives must match. Returned metrics are global.
     """
-    world, mb = accelerator.num_processes if accelerator else 1, cfg.per_device_train_batch_size
-    counts = torch.tensor([len(rollout.seeds), int(rollout.completion_mask.sum())], dtype=torch.float64)
-    if world > 1:
-        torch.distributed.all_reduce(counts)
-    B, tokens = max(1, int(counts[0])), counts[1].clamp(min=1).to(torch.float32)
+    world, mb, rows = accelerator.num_processes if accelerator else 1, cfg.per_device_train_batch_size, len(rollout.seeds)
+    n_rows, n_tokens = common.sum_over_processes([rows, int(rollout.completion_mask.sum())], accelerator)
+    B, tokens = max(1, int(n_rows)), torch.tensor(max(1.0, n_tokens))
     metrics: dict[str, float] = {}
     timings = {"time/logprob": 0.0, "time/backward": 0.0}
     for _ in range(cfg.num_iterations):
@@ -145,10 +145,11 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             loss.backward()
             timings["time/backward"] += time.perf_counter() - t
             m["entropy"] = (lp.entropy * part.completion_mask).sum().item() / max(1, part.completion_mask.sum().item())
-            for k, v in m.items():  # micro-batch values -> this process's mean
-                metrics[k] = metrics.get(k, 0.0) + v * len(part.seeds) / (len(rollout.seeds) * cfg.num_iterations)
-            # the batch loss: sum of the scaled micro-batch losses (its mean over processes is the global one)
-            metrics["loss"] = metrics.get("loss", 0.0) + loss.item() / cfg.num_iterations
+            for k, v in m.items():  # micro-batch values -> this process's mean over its rows
+                metrics[k] = metrics.get(k, 0.0) + v * len(part.seeds) / (rows * cfg.num_iterations)
+            # the batch loss is the mean over processes of the scaled micro-batch losses' sums; stored
+            # per row so that the row-weighted mean over processes below gives it
+            metrics["loss"] = metrics.get("loss", 0.0) + loss.item() * B / (world * rows * cfg.num_iterations)
         if world > 1:
             common.average_gradients(model, accelerator)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
@@ -156,7 +157,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-    return {**metrics, **timings}
+    return {**common.mean_over_processes(metrics, accelerator, weight=rows), **timings}
 
 
 @torch.no_grad()
@@ -258,15 +259,13 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         if cfg.skip_zero_std_groups:
             rollout = keep_informative_groups(rollout, G)
         # 4-5. old / reference log-probs under the recorded noise, then the updates
-        kept = torch.tensor([len(rollout.seeds)])
-        if world > 1:
-            torch.distributed.all_reduce(kept)
-        if int(kept):  # the model stays in eval mode: the only noise is the recorded one
+        metrics = common.mean_over_processes(metrics, accelerator)  # every process has G-row groups here
+        rows_everywhere = common.sum_over_processes([len(rollout.seeds)], accelerator)[0]
+        if rows_everywhere:  # the model stays in eval mode: the only noise is the recorded one
             t = time.perf_counter()
             fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration)
             metrics["time/old_ref_logprob"] = time.perf_counter() - t
             metrics.update(update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator))
-        metrics = common.mean_over_processes(metrics, accelerator)
         step += 1
         bar.update(1)
         # 6. log, evaluate, checkpoint
@@ -280,5 +279,6 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             checkpoint(out / f"checkpoint-{step}")
     bar.close()
     checkpoint(out / "final")
+    accelerator.wait_for_everyone()  # no process returns before final/ is written
     logger.close()
     return out / "final"

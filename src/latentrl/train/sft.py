@@ -100,6 +100,11 @@ class SFTConfig:
             raise ValueError(f"eval_strategy must be no or epoch, got {self.eval_strategy!r}")
         if self.eval_strategy == "no" and (self.early_stopping_patience or self.load_best_model_at_end):
             raise ValueError("early_stopping_patience and load_best_model_at_end need eval_strategy=epoch")
+        if self.eval_strategy == "epoch" and self.eval_n < 1:
+            raise ValueError(f"eval_n must be >= 1 with eval_strategy=epoch, got {self.eval_n}")
+        if self.load_best_model_at_end and not self.at_last_stage(self.num_train_epochs - 1):
+            raise ValueError("load_best_model_at_end: the curriculum never reaches its last stage in num_train_epochs "
+                             "epochs, so there is no best epoch to keep; add epochs or set final_stage")  # fmt: skip
 
     @property
     def thinking_mode(self) -> str:
@@ -201,14 +206,14 @@ def train_sft(cfg: SFTConfig) -> Path:
     bar = tqdm(total=total_steps, initial=global_step, desc=f"sft[{cfg.mode}]", disable=None if show else True)  # None: off when not a terminal
     stage = cfg.stage_of(start_epoch)
 
-    def checkpoint(path: Path, epoch: int, batch_in_epoch: int) -> None:
+    def checkpoint(path: Path, epoch: int, batch_in_epoch: int, **extra) -> None:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             thinking.num_latents = inference_latents(cfg, stage)
             if cfg.mode == "coconut":
                 thinking.curriculum_stage, thinking.max_latent_stage = stage, cfg.max_latent_stage
             trainer_state = dict(epoch=epoch, batch_in_epoch=batch_in_epoch, global_step=global_step, stage=stage, best=best,
-                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state())  # fmt: skip
+                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state(), **extra)  # fmt: skip
             save_checkpoint(path, model, tokenizer, thinking, trainer_state)
             common.prune_checkpoints(out, cfg.save_total_limit)
 
@@ -217,7 +222,15 @@ def train_sft(cfg: SFTConfig) -> Path:
     def out_of_budget() -> bool:
         over_time = cfg.max_time_seconds is not None and time.perf_counter() - t0 >= cfg.max_time_seconds
         return 0 <= cfg.max_steps <= global_step or over_time
+    def plateau_reached(epochs_done: int) -> bool:
+        patience = cfg.early_stopping_patience
+        return patience > 0 and bool(best) and epochs_done - best["epoch"] >= patience
+
+    stopped, epochs_done = "epochs", start_epoch
     for epoch in range(start_epoch, cfg.num_train_epochs):
+        if plateau_reached(epoch):  # also when a resumed run had already stopped here
+            stopped = "plateau"
+            break
         # 2. curriculum stage; a fresh optimizer when the stage switches
         first = skip if epoch == start_epoch else 0
         stage = cfg.stage_of(epoch)
@@ -261,9 +274,10 @@ def train_sft(cfg: SFTConfig) -> Path:
             if out_of_budget():
                 break
         if out_of_budget():
+            stopped = "budget"
             break
-        # 6. validation; the best epoch of the last stage; early stopping at the plateau
-        plateau = False
+        epochs_done = epoch + 1
+        # 6. validation; the best epoch of the last stage (early stopping looks at it next epoch)
         if cfg.eval_strategy == "epoch":
             thinking.num_latents = inference_latents(cfg, stage)
             accuracy = validate(model, tokenizer, thinking, validation, accelerator)
@@ -272,16 +286,17 @@ def train_sft(cfg: SFTConfig) -> Path:
                 if not best or accuracy > best["accuracy"]:
                     best.update(accuracy=accuracy, epoch=epoch + 1)
                     checkpoint(out / "best", epoch + 1, 0)
-                plateau = cfg.early_stopping_patience > 0 and epoch + 1 - best["epoch"] >= cfg.early_stopping_patience
         checkpoint(out / f"checkpoint-{global_step}", epoch + 1, 0)
         if cfg.mode == "coconut" and (epoch + 1 == cfg.num_train_epochs or cfg.stage_of(epoch + 1) != stage):
             checkpoint(out / f"stage-{stage}", epoch + 1, 0)
-        if plateau:
-            break
     bar.close()
+    if stopped == "epochs" and plateau_reached(epochs_done):
+        stopped = "plateau"
+    logger.log(global_step, {"stopped": stopped, "epoch": epochs_done, **({"best_epoch": best["epoch"]} if best else {})})
     final = out / "final"
     if cfg.load_best_model_at_end and best:
         model.load_state_dict(load_checkpoint(out / "best")[0].state_dict())
-    checkpoint(final, cfg.num_train_epochs, 0)
+    checkpoint(final, epochs_done, 0, stopped=stopped)
+    accelerator.wait_for_everyone()  # no process returns before final/ is written
     logger.close()
     return final
