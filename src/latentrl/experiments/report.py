@@ -55,8 +55,13 @@ def baseline_training(out: Path, seeds: list[int]) -> list[str]:
                 continue
             state = load_trainer_state(run / "final")
             best = state.get("best") or {}
+            epochs, stopped = state["epoch"], state.get("stopped")
+            if stopped is None:  # written before runs recorded why they stopped: read it off the log
+                evals = [r["epoch"] for r in read_log(run / "log.jsonl") if "eval/accuracy" in r]
+                epochs = evals[-1] if evals else epochs
+                stopped = "epochs" if epochs >= state["epoch"] else "plateau"
             why = {"plateau": "early stopping", "epochs": "the epoch cap", "budget": "the step/time budget"}
-            line = f"- seed {s}, {run.name}: {state['epoch']} epochs, ended by {why.get(state.get('stopped'), '?')}"
+            line = f"- seed {s}, {run.name}: {epochs} epochs, ended by {why.get(stopped, '?')}"
             if best:
                 line += f", best validation accuracy {_pct(best['accuracy'])} at epoch {best['epoch']}"
             lines.append(line)
