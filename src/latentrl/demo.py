@@ -102,7 +102,7 @@ def plot_demo(out: Path) -> list[Path]:
     written = []
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in ("cot", "coconut", "nocot"):
-        log = read_log(out / "runs" / mode / "log.jsonl")
+        log = [r for r in read_log(out / "runs" / mode / "log.jsonl") if "loss" in r]  # not eval / stop records
         ax.plot([r["step"] for r in log], [r["loss"] for r in log], label=mode)
     ax.set(xlabel="optimizer step", ylabel="SFT loss", yscale="log")
     ax.legend()
