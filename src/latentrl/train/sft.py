@@ -292,7 +292,6 @@ def train_sft(cfg: SFTConfig) -> Path:
     bar.close()
     if stopped == "epochs" and plateau_reached(epochs_done):
         stopped = "plateau"
-    logger.log(global_step, {"stopped": stopped, "epoch": epochs_done, **({"best_epoch": best["epoch"]} if best else {})})
     final = out / "final"
     if cfg.load_best_model_at_end and best:
         model.load_state_dict(load_checkpoint(out / "best")[0].state_dict())
