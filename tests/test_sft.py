@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from latentrl.cli import main
-from latentrl.train import common, sft
+from latentrl.train import common
 from latentrl.train.sft import SFTConfig
 
 TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
@@ -36,7 +36,7 @@ def test_a_flat_validation_curve_stops_after_patience_epochs(tmp_path):
 def test_the_best_epoch_of_the_last_stage_is_kept(tmp_path, monkeypatch):
     # scripted validation accuracies; stage 1 (epoch 1) is not the last stage, so its 0.9 does not count
     scores = iter([0.9, 0.5, 0.7, 0.6, 0.4, 0.3])
-    monkeypatch.setattr(sft, "validate", lambda *a, **k: next(scores))
+    monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: next(scores))
     assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=coconut", "start_stage=1", "max_latent_stage=2",
                  "final_stage=2", "num_train_epochs=6", "save_total_limit=10", "early_stopping_patience=2",
                  "load_best_model_at_end=true"]) == 0  # fmt: skip

@@ -110,6 +110,16 @@ def validation_examples(task: str, n: int, seed: int, task_kwargs: dict, eval_da
     return load_examples(task, "validation", n, seed, **task_kwargs)
 
 
+def validation_accuracy(model, tokenizer, thinking, examples, accelerator, max_new_tokens: int = 64) -> float:
+    """Greedy accuracy on ``examples``, computed by the main process and shared with the others."""
+    from latentrl.eval.evaluate import greedy_accuracy
+
+    accuracy = [greedy_accuracy(model, tokenizer, thinking, examples, max_new_tokens) if accelerator.is_main_process else 0.0]
+    if accelerator.num_processes > 1:
+        torch.distributed.broadcast_object_list(accuracy, src=0)
+    return float(accuracy[0])
+
+
 def rng_state() -> dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
 

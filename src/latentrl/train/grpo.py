@@ -22,7 +22,6 @@ import torch
 from tqdm.auto import tqdm
 
 from latentrl.config import save_config
-from latentrl.eval.evaluate import greedy_accuracy
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
 from latentrl.models import save_checkpoint
@@ -233,10 +232,8 @@ def train_grpo(cfg: GRPOConfig) -> Path:
                                                                    scheduler=scheduler.state_dict()))  # fmt: skip
             common.prune_checkpoints(out, cfg.save_total_limit)
 
-    def evaluate_now() -> float | None:
-        accuracy = greedy_accuracy(model, tokenizer, thinking, validation, cfg.max_completion_length) if main else None
-        accelerator.wait_for_everyone()
-        return accuracy
+    def evaluate_now() -> float:
+        return common.validation_accuracy(model, tokenizer, thinking, validation, accelerator, cfg.max_completion_length)
 
     if cfg.eval_steps and step == 0:
         logger.log(0, {"eval/accuracy": evaluate_now()})

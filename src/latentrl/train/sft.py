@@ -24,7 +24,6 @@ import torch
 from tqdm.auto import tqdm
 
 from latentrl.config import save_config
-from latentrl.eval.evaluate import greedy_accuracy
 from latentrl.models import collate, latent_forward, load_checkpoint, save_checkpoint
 from latentrl.models.checkpoint import load_trainer_state
 from latentrl.models.layout import ThinkingConfig, encode_example, stage_plan
@@ -159,15 +158,6 @@ def _new_optimizer(model, cfg: SFTConfig, total_steps: int):
     return opt, sched
 
 
-def validate(model, tokenizer, thinking: ThinkingConfig, examples, accelerator) -> float:
-    """Greedy accuracy on ``examples``, computed by the main process and shared with the others."""
-    accuracy = [greedy_accuracy(model, tokenizer, thinking, examples) if accelerator.is_main_process else 0.0]
-    if accelerator.num_processes > 1:
-        torch.distributed.broadcast_object_list(accuracy, src=0)
-    model.train()
-    return float(accuracy[0])
-
-
 def train_sft(cfg: SFTConfig) -> Path:
     """Run supervised training; returns the final checkpoint directory (``output_dir/final``)."""
     from accelerate import Accelerator
@@ -280,7 +270,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         # 6. validation; the best epoch of the last stage (early stopping looks at it next epoch)
         if cfg.eval_strategy == "epoch":
             thinking.num_latents = inference_latents(cfg, stage)
-            accuracy = validate(model, tokenizer, thinking, validation, accelerator)
+            accuracy = common.validation_accuracy(model, tokenizer, thinking, validation, accelerator)
             logger.log(global_step, {"eval/accuracy": accuracy, "epoch": epoch + 1, "stage": stage})
             if cfg.at_last_stage(epoch):
                 if not best or accuracy > best["accuracy"]:
