@@ -70,13 +70,14 @@ class SweepConfig:
 
 def sft_data_of(checkpoint: str) -> dict:
     """The training problems of the SFT run that wrote ``checkpoint`` (from its ``config.yaml``)."""
-    import yaml
+    from latentrl.config import load_config
+    from latentrl.train.sft import SFTConfig
 
     path = Path(checkpoint).parent / "config.yaml"
     if not path.exists():
         raise ValueError(f"data=sft needs the SFT run's config next to its checkpoint: {path} not found")
-    run = yaml.safe_load(path.read_text())
-    return {k: run[k] for k in ("task", "task_kwargs", "num_train_examples", "seed", "data_path")}
+    run = load_config(SFTConfig, path)
+    return {k: getattr(run, k) for k in ("task", "task_kwargs", "num_train_examples", "seed", "data_path")}
 
 
 def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
