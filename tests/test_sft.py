@@ -63,3 +63,18 @@ def test_eval_options_are_checked():
         SFTConfig(eval_strategy="epoch", eval_n=0)
     with pytest.raises(ValueError, match="needs eval_data_path"):
         common.validation_examples("gsm8k", 10, 0, {}, None)
+
+
+def test_data_seed_draws_the_problems_and_seed_the_order(tmp_path, monkeypatch):
+    """``data_seed`` picks which problems are trained on (train and validation); ``seed`` keeps the rest."""
+    from latentrl.train import sft
+
+    drawn = []
+    real = sft.load_examples
+    monkeypatch.setattr(sft, "load_examples", lambda *a, **k: drawn.append(a[:4]) or real(*a, **k))
+    monkeypatch.setattr(common, "validation_examples", lambda *a: drawn.append(a[:3]) or [])
+    monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: 0.5)
+    assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=1", "seed=9", "data_seed=4"]) == 0
+    assert drawn == [("arith", "train", 64, 4), ("arith", 8, 4)]
+    assert main(["sft", *TINY, f"output_dir={tmp_path / 'b'}", "mode=cot", "num_train_epochs=1", "seed=9"]) == 0
+    assert drawn[2:] == [("arith", "train", 64, 9), ("arith", 8, 9)]

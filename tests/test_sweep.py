@@ -44,18 +44,20 @@ def test_sweep_cli_toy(tmp_path):
     assert main(args) == 0 and (out / "table.md").read_text() == table
 
 
-def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
-    """``sft``: each seed's baseline is trained by the sweep; ``data=sft``: RL and sft_more see only its problems."""
+@pytest.mark.parametrize("data", ["sft", "fresh_prompts"])
+def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path, data):
+    """``sft``: each seed's baseline is trained by the sweep. ``data=sft``: RL and sft_more see only its problems;
+    ``data=fresh_prompts``: RL draws its own prompts, sft_more still sees only the SFT problems."""
     import yaml
 
     out = tmp_path / "sweep"
-    args = ["sweep", f"out={out}", "seeds=[3, 4]", "methods=[sft, dropout_grpo, sft_more]", "eval_n=8", "data=sft",
+    args = ["sweep", f"out={out}", "seeds=[3, 4]", "methods=[sft, dropout_grpo, sft_more]", "eval_n=8", f"data={data}",
             "task_kwargs={num_steps: 2}",
             "sft=[{mode: cot, num_train_epochs: 1, num_train_examples: 48, n_layer: 2, n_embd: 32, n_head: 2, "
             "per_device_train_batch_size: 16}, {mode: coconut, start_stage: 1, max_latent_stage: 1, num_train_epochs: 2, "
             "num_train_examples: 48, per_device_train_batch_size: 16, eval_strategy: epoch, eval_n: 4}]",
             "grpo={max_steps: 1, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
-            "max_completion_length: 8}", "sft_more={per_device_train_batch_size: 16}"]  # fmt: skip
+            "max_completion_length: 8, num_train_examples: 40}", "sft_more={per_device_train_batch_size: 16}"]  # fmt: skip
     assert main(args) == 0
     for seed in (3, 4):
         cot = yaml.safe_load((out / "sft" / f"seed{seed}" / "run0" / "config.yaml").read_text())
@@ -63,10 +65,11 @@ def test_sweep_trains_a_baseline_per_seed_and_keeps_the_data_budget(tmp_path):
         assert cot["seed"] == baseline["seed"] == seed and baseline["num_train_examples"] == 48
         assert baseline["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "run0" / "final")
         rl = yaml.safe_load((out / "dropout_grpo" / f"seed{seed}" / "config.yaml").read_text())
-        assert (rl["data_seed"], rl["num_train_examples"]) == (seed, 48)
+        assert (rl["data_seed"], rl["num_train_examples"]) == ((seed, 48) if data == "sft" else (1000 + seed, 40))
         assert rl["model_name_or_path"] == str(out / "sft" / f"seed{seed}" / "run1" / "final")
         more = yaml.safe_load((out / "sft_more" / f"seed{seed}" / "config.yaml").read_text())
-        assert (more["seed"], more["num_train_examples"]) == (seed, 48)
+        # the SFT run's problems (data_seed), in an order of its own (seed)
+        assert (more["data_seed"], more["seed"], more["num_train_examples"]) == (seed, 1000 + seed, 48)
     table = (out / "table.md").read_text()
     assert "- seed 3, run1: 2 epochs, ended by the epoch cap, best validation accuracy" in table
 
@@ -78,5 +81,5 @@ def test_sweep_needs_exactly_one_source_of_baselines():
         SweepConfig()
     with pytest.raises(ValueError, match="either sft_checkpoints .* or sft"):
         SweepConfig(sft_checkpoints=["a"], sft=[{"mode": "cot"}])
-    with pytest.raises(ValueError, match="data must be sft or fresh"):
+    with pytest.raises(ValueError, match="data must be one of"):
         SweepConfig(sft_checkpoints=["a"], data="more")

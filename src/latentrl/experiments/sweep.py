@@ -6,9 +6,13 @@
 3. ``sft_more``: more SFT from the same checkpoint for as long as ``dropout_grpo`` trained
 4. write ``results.json``, ``table.md`` (mean +- std, 95% CI, paired difference to ``sft``), plots
 
-``data="sft"`` gives RL and ``sft_more`` the SFT run's own training problems and nothing else
-(the same data budget for every method); ``data="fresh"`` lets RL draw its own prompt pool
-(``grpo.data_seed``) and ``sft_more`` fresh problems.
+Where the training problems come from (``data``):
+
+- ``sft``: RL and ``sft_more`` use the SFT run's own problems and nothing else (one data budget);
+- ``fresh_prompts``: RL draws new prompts (question and gold answer: the reward never reads the
+  worked steps) while ``sft_more`` keeps to the SFT run's demonstrations. This is the usual setting
+  of RL post-training, where worked solutions are scarce and verifiable questions are not;
+- ``fresh``: RL draws its own prompt pool (``grpo.data_seed``) and ``sft_more`` fresh problems.
 
 Finished runs (``result.json`` present) are skipped, so an interrupted sweep resumes.
 """
@@ -25,6 +29,9 @@ from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS
 from latentrl.experiments.report import plot_curves, summarize, write_table
 
 
+DATA_MODES = ("sft", "fresh_prompts", "fresh")
+
+
 @dataclass
 class SweepConfig:
     """Config of ``latentrl sweep``."""
@@ -39,7 +46,9 @@ class SweepConfig:
                           "then Coconut), each starting from the previous one's final/; seed = the sweep seed."},
     )
     data: str = field(
-        default="fresh", metadata={"help": "sft: RL and sft_more train on the SFT run's problems; fresh: new problems."}
+        default="fresh",
+        metadata={"help": "sft: RL and sft_more train on the SFT run's problems; fresh_prompts: RL gets new prompts, "
+                          "sft_more the SFT run's problems; fresh: both get new problems."},
     )
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL seeds."})
     methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"Of {ALL_METHODS}."})
@@ -57,8 +66,8 @@ class SweepConfig:
         if bool(self.sft_checkpoints) == bool(self.sft):
             raise ValueError("give either sft_checkpoints (one per seed, or one for all) or sft (SFTConfig fields "
                              "of a baseline trained per seed), not both or neither")  # fmt: skip
-        if self.data not in ("sft", "fresh"):
-            raise ValueError(f"data must be sft or fresh, got {self.data!r}")
+        if self.data not in DATA_MODES:
+            raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
         if self.sft_checkpoints and len(self.sft_checkpoints) not in (1, len(self.seeds)):
             raise ValueError(f"{len(self.sft_checkpoints)} sft_checkpoints for {len(self.seeds)} seeds")
         if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
@@ -77,7 +86,8 @@ def sft_data_of(checkpoint: str) -> dict:
     if not path.exists():
         raise ValueError(f"data=sft needs the SFT run's config next to its checkpoint: {path} not found")
     run = load_config(SFTConfig, path)
-    return {k: getattr(run, k) for k in ("task", "task_kwargs", "num_train_examples", "seed", "data_path")}
+    data = {k: getattr(run, k) for k in ("task", "task_kwargs", "num_train_examples", "data_path")}
+    return data | {"data_seed": run.seed if run.data_seed is None else run.data_seed}
 
 
 def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
@@ -113,7 +123,11 @@ def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir:
     if cfg.data == "sft":  # the prompts are the SFT run's training problems
         data = sft_data_of(sft)
         fields.update(task=data["task"], task_kwargs=data["task_kwargs"], data_path=data["data_path"],
-                      num_train_examples=data["num_train_examples"], data_seed=data["seed"])  # fmt: skip
+                      num_train_examples=data["num_train_examples"], data_seed=data["data_seed"])  # fmt: skip
+    elif cfg.data == "fresh_prompts":  # the SFT run's task, prompts drawn with a seed of their own
+        data = sft_data_of(sft)
+        fields.update(task=data["task"], task_kwargs=data["task_kwargs"])
+        fields.setdefault("data_seed", 1000 + data["data_seed"])
     return train_grpo(GRPOConfig(**fields))
 
 
@@ -131,7 +145,7 @@ def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir:
     fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **layout,
               "num_train_epochs": 10**6, "save_steps": 0, **cfg.sft_more,
               "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
-    if cfg.data == "sft":  # more epochs over the SFT run's own problems (its seed draws them)
+    if cfg.data in ("sft", "fresh_prompts"):  # more epochs over the SFT run's own problems, in a new order
         fields.update(sft_data_of(sft))
     return train_sft(SFTConfig(**fields))
 

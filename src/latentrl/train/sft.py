@@ -74,7 +74,8 @@ class SFTConfig:
     save_steps: int = field(default=200, metadata={"help": "Checkpoint every N optimizer steps (0: stage ends only)."})
     save_total_limit: int = field(default=2, metadata={"help": "checkpoint-* dirs kept."})
     report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={"help": "jsonl, tensorboard."})
-    seed: int = field(default=0, metadata={"help": "Seed of model init, data and shuffling."})
+    seed: int = field(default=0, metadata={"help": "Seed of model init, shuffling and (unless data_seed) data."})
+    data_seed: int | None = field(default=None, metadata={"help": "Seed of the problems drawn (None: seed)."})
     max_steps: int = field(default=-1, metadata={"help": "Stop after N optimizer steps (-1: no limit)."})
     max_time_seconds: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
     eval_strategy: str = field(default="no", metadata={"help": "no, or epoch: greedy validation accuracy after every epoch."})
@@ -174,10 +175,11 @@ def train_sft(cfg: SFTConfig) -> Path:
     model, tokenizer, _ = common.load_or_build(start_from, tiny, cfg.seed)
     model.to(accelerator.device)
     thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
-    examples = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.seed, cfg.data_path, **cfg.task_kwargs)
+    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
+    examples = load_examples(cfg.task, "train", cfg.num_train_examples, data_seed, cfg.data_path, **cfg.task_kwargs)
     validation = []
     if cfg.eval_strategy == "epoch":
-        validation = common.validation_examples(cfg.task, cfg.eval_n, cfg.seed, cfg.task_kwargs, cfg.eval_data_path)
+        validation = common.validation_examples(cfg.task, cfg.eval_n, data_seed, cfg.task_kwargs, cfg.eval_data_path)
     if accelerator.is_main_process:
         save_config(cfg, out / "config.yaml")
     state = load_trainer_state(resume_dir) if resume_dir else None
