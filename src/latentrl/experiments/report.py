@@ -88,7 +88,8 @@ def plot_curves(out: Path, methods: list[str], seeds: list[int]) -> list[Path]:
             ax.plot(steps, [sum(c[i][1] for c in curves) / len(curves) for i in range(n)], label=m)
         ax.set_xlabel("RL step")
         ax.set_ylabel(ylabel)
-        ax.legend()
+        if ax.lines:
+            ax.legend()
         ax.grid(alpha=0.3)
         fig.tight_layout()
         fig.savefig(out / name, dpi=120)
