@@ -81,5 +81,8 @@ def test_sweep_needs_exactly_one_source_of_baselines():
         SweepConfig()
     with pytest.raises(ValueError, match="either sft_checkpoints .* or sft"):
         SweepConfig(sft_checkpoints=["a"], sft=[{"mode": "cot"}])
+    with pytest.raises(ValueError, match="the sft runs differ in num_train_examples"):
+        SweepConfig(sft=[{"mode": "cot", "num_train_examples": 10}, {"mode": "coconut"}], data="sft")
+    SweepConfig(sft=[{"mode": "cot", "num_train_examples": 10}, {"mode": "coconut"}], data="fresh")  # no shared budget
     with pytest.raises(ValueError, match="data must be one of"):
         SweepConfig(sft_checkpoints=["a"], data="more")

@@ -70,11 +70,28 @@ class SweepConfig:
             raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
         if self.sft_checkpoints and len(self.sft_checkpoints) not in (1, len(self.seeds)):
             raise ValueError(f"{len(self.sft_checkpoints)} sft_checkpoints for {len(self.seeds)} seeds")
+        if self.sft and self.data != "fresh":
+            check_one_data_budget(self.sft)
         if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
             raise ValueError("sft_more takes its time budget from dropout_grpo: include both")
 
     def checkpoint_of(self, i: int) -> str:
         return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
+
+
+def check_one_data_budget(runs: list[dict]) -> None:
+    """The runs of an SFT chain must train on the same problems: with ``data`` sft or fresh_prompts the
+    last run's problems stand for the whole baseline's data budget."""
+    from dataclasses import fields
+
+    from latentrl.train.sft import SFTConfig
+
+    defaults = {f.name: f.default for f in fields(SFTConfig)}
+    for key in ("num_train_examples", "data_seed", "data_path", "task", "task_kwargs"):
+        values = {repr(run.get(key, defaults.get(key))) for run in runs}
+        if len(values) > 1:
+            raise ValueError(f"the sft runs differ in {key} ({', '.join(sorted(values))}): with data=sft or "
+                             "fresh_prompts every run of the chain must train on the same problems")  # fmt: skip
 
 
 def sft_data_of(checkpoint: str) -> dict:
@@ -102,8 +119,11 @@ def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
                   "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
         if start is not None:
             fields["model_name_or_path"] = start
-        done = run_dir / "final" / "latentrl.json"
-        start = str(run_dir / "final") if done.exists() else str(train_sft(SFTConfig(**fields)))
+        if (run_dir / "final" / "latentrl.json").exists():  # trained by an earlier sweep: reused as it is
+            print(f"[sweep] seed {seed}: reusing {run_dir / 'final'} (delete it to train again)", flush=True)
+            start = str(run_dir / "final")
+        else:
+            start = str(train_sft(SFTConfig(**fields)))
     return start
 
 
