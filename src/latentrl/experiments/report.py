@@ -54,13 +54,20 @@ def baseline_training(out: Path, seeds: list[int]) -> list[str]:
             if not (run / "final").is_dir():
                 continue
             state = load_trainer_state(run / "final")
+            evals = [r for r in read_log(run / "log.jsonl") if "eval/accuracy" in r]
+            if state is None:  # final/ copied without its trainer state: what the log says
+                last_stage = max((r.get("stage", 0) for r in evals), default=0)
+                at_last = [r for r in evals if r.get("stage", 0) == last_stage]
+                top = max(at_last, key=lambda r: r["eval/accuracy"], default=None)
+                state = {"epoch": evals[-1]["epoch"] if evals else "?", "stopped": "unrecorded",
+                         "best": top and {"accuracy": top["eval/accuracy"], "epoch": top["epoch"]}}  # fmt: skip
             best = state.get("best") or {}
             epochs, stopped = state["epoch"], state.get("stopped")
             if stopped is None:  # written before runs recorded why they stopped: read it off the log
-                evals = [r["epoch"] for r in read_log(run / "log.jsonl") if "eval/accuracy" in r]
-                epochs = evals[-1] if evals else epochs
+                epochs = evals[-1]["epoch"] if evals else epochs
                 stopped = "epochs" if epochs >= state["epoch"] else "plateau"
-            why = {"plateau": "early stopping", "epochs": "the epoch cap", "budget": "the step/time budget"}
+            why = {"plateau": "early stopping", "epochs": "the epoch cap", "budget": "the step/time budget",
+                   "unrecorded": "an unrecorded reason (no trainer state in final/)"}  # fmt: skip
             line = f"- seed {s}, {run.name}: {epochs} epochs, ended by {why.get(stopped, '?')}"
             if best:
                 line += f", best validation accuracy {_pct(best['accuracy'])} at epoch {best['epoch']}"

@@ -109,21 +109,23 @@ def sft_data_of(checkpoint: str) -> dict:
 
 def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
     """The seed's SFT baseline: the runs of ``cfg.sft`` in order, each from the previous one's
-    ``final/`` (a run whose ``final/`` exists is not trained again)."""
+    ``final/``. The chain resumes after its last run whose ``final/`` exists (trained by an earlier
+    sweep, or copied from another machine): that run and those before it are not trained again."""
     from latentrl.train.sft import SFTConfig, train_sft
 
+    run_dirs = [Path(cfg.out, "sft", f"seed{seed}", f"run{i}") for i in range(len(cfg.sft))]
+    done = [i for i, d in enumerate(run_dirs) if (d / "final" / "latentrl.json").exists()]
+    first = done[-1] + 1 if done else 0
     start = None
-    for i, run in enumerate(cfg.sft):
-        run_dir = Path(cfg.out, "sft", f"seed{seed}", f"run{i}")
+    if done:
+        start = str(run_dirs[done[-1]] / "final")
+        print(f"[sweep] seed {seed}: reusing {start} (delete it to train again)", flush=True)
+    for run, run_dir in zip(cfg.sft[first:], run_dirs[first:]):
         fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm, **run,
                   "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
         if start is not None:
             fields["model_name_or_path"] = start
-        if (run_dir / "final" / "latentrl.json").exists():  # trained by an earlier sweep: reused as it is
-            print(f"[sweep] seed {seed}: reusing {run_dir / 'final'} (delete it to train again)", flush=True)
-            start = str(run_dir / "final")
-        else:
-            start = str(train_sft(SFTConfig(**fields)))
+        start = str(train_sft(SFTConfig(**fields)))
     return start
 
 

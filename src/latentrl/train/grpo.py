@@ -93,8 +93,10 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     prompts = [ex.question for ex in batch for _ in range(G)]
     columns = {"answer": [ex.answer for ex in batch for _ in range(G)], "steps": [list(ex.steps) for ex in batch for _ in range(G)]}
     rewards, parts = score(reward_funcs, weights, prompts, texts, columns)
+    device = gen.completion_ids.device  # the record lives where the model does (the loss mixes them)
+    rewards, parts = rewards.to(device), {k: v.to(device) for k, v in parts.items()}
     if accelerator is not None and accelerator.num_processes > 1:
-        all_rewards = accelerator.gather(rewards.to(accelerator.device)).cpu()  # [world * B] in process order
+        all_rewards = accelerator.gather(rewards.to(accelerator.device)).to(device)  # [world * B] in process order
         start = accelerator.process_index * len(rewards)
         advantages = group_advantages(all_rewards, G, cfg.scale_rewards)[start : start + len(rewards)]
     else:
@@ -110,7 +112,7 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
 def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
     """Drop groups whose rewards are all equal (their advantages are all zero)."""
     informative = rollout.rewards.view(-1, G).std(1) > 1e-6  # [N]
-    rows = informative.repeat_interleave(G).nonzero().flatten()
+    rows = informative.repeat_interleave(G).nonzero().flatten().cpu()  # indexes CPU and device fields alike
     return rollout.select(rows)
 
 
@@ -245,7 +247,7 @@ def train_grpo(cfg: GRPOConfig) -> Path:
         seeds = rollout_seeds(cfg.seed, step, n_prompts * G)
         local = n_prompts // world
         batch, seeds = batch[rank * local : (rank + 1) * local], seeds[rank * local * G : (rank + 1) * local * G]
-        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+        generator = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
         # 2-3. roll out, score, advantages
         model.eval()
         t = time.perf_counter()
