@@ -86,3 +86,35 @@ def test_sweep_needs_exactly_one_source_of_baselines():
     SweepConfig(sft=[{"mode": "cot", "num_train_examples": 10}, {"mode": "coconut"}], data="fresh")  # no shared budget
     with pytest.raises(ValueError, match="data must be one of"):
         SweepConfig(sft_checkpoints=["a"], data="more")
+
+
+def test_sft_chain_resumes_after_its_last_finished_run(tmp_path, monkeypatch):
+    """A baseline whose last run's final/ exists (e.g. copied from another machine without the earlier
+    runs) is reused as it is: no run of its chain is trained again."""
+    from latentrl.experiments import sweep
+    from latentrl.train import sft
+
+    trained = []
+    monkeypatch.setattr(sft, "train_sft", lambda c: trained.append(c.output_dir) or tmp_path / "new")
+    cfg = sweep.SweepConfig(out=str(tmp_path), sft=[{"mode": "cot"}, {"mode": "coconut"}], data="fresh")
+    last = tmp_path / "sft" / "seed0" / "run1" / "final"
+    last.mkdir(parents=True)
+    (last / "latentrl.json").write_text("{}")
+    assert sweep.train_sft_baseline(0, cfg) == str(last) and trained == []
+    # only the first run finished: the second is trained from it
+    cfg = sweep.SweepConfig(out=str(tmp_path), sft=[{"mode": "cot"}, {"mode": "coconut"}], data="fresh")
+    assert sweep.train_sft_baseline(1, cfg) == str(tmp_path / "new") and len(trained) == 2  # seed 1 has nothing yet
+
+
+def test_baseline_line_from_the_log_when_final_has_no_trainer_state(tmp_path):
+    from latentrl.experiments.report import baseline_training
+
+    run = tmp_path / "sft" / "seed2" / "run1"
+    (run / "final").mkdir(parents=True)
+    records = [{"eval/accuracy": 0.3, "epoch": 1, "stage": 1}, {"eval/accuracy": 0.5, "epoch": 2, "stage": 2},
+               {"eval/accuracy": 0.4, "epoch": 3, "stage": 2}, {"loss": 0.1, "epoch": 3.5}]  # fmt: skip
+    (run / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert baseline_training(tmp_path, [2]) == [
+        "- seed 2, run1: 3 epochs, ended by an unrecorded reason (no trainer state in final/), "
+        "best validation accuracy 50.0 at epoch 2"
+    ]
