@@ -118,3 +118,36 @@ def test_baseline_line_from_the_log_when_final_has_no_trainer_state(tmp_path):
         "- seed 2, run1: 3 epochs, ended by an unrecorded reason (no trainer state in final/), "
         "best validation accuracy 50.0 at epoch 2"
     ]
+
+
+@pytest.mark.slow
+def test_sweep_parallel_script_toy(tmp_path):
+    """scripts/sweep_parallel.sh: each seed's baseline, then each method as its own process, then the
+    table over all seeds, equal to what the runs wrote."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import yaml
+
+    cfg = tmp_path / "sweep.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "seeds": [0, 1], "methods": ["sft", "grpo_sampling", "dropout_grpo", "dropout_step", "greedy_none", "sft_more"],
+        "eval_n": 4, "task_kwargs": {"num_steps": 2}, "data": "fresh_prompts",
+        "sft": [{"mode": "coconut", "start_stage": 1, "max_latent_stage": 1, "num_train_epochs": 1,
+                 "num_train_examples": 32, "n_layer": 1, "n_embd": 16, "n_head": 2, "per_device_train_batch_size": 16}],
+        "grpo": {"max_steps": 1, "num_generations": 2, "generation_batch_size": 4, "per_device_train_batch_size": 4,
+                 "max_completion_length": 6, "num_train_examples": 8},
+        "sft_more": {"per_device_train_batch_size": 16}}))  # fmt: skip
+    out = tmp_path / "out"
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "LATENTRL": f"{sys.executable} -m latentrl.cli", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(["bash", str(root / "scripts" / "sweep_parallel.sh"), str(cfg), str(out), "0 1"],
+                          env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = {(r["method"], r["seed"]) for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert len(runs) == 12  # 6 methods x 2 seeds
+    for method in ("dropout_grpo", "grpo_sampling", "dropout_step", "greedy_none"):
+        assert (out / "logs" / f"seed0_{method}.txt").exists()
+    assert "| sft_more |" in done.stdout  # the table, printed at the end
