@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# A pilot grid of GRPO settings on the scarce-demonstration baselines, every (setting, seed) as its own
+# process, each stopped after TIMEOUT seconds (its log keeps the validation curve so far):
+#
+#   TIMEOUT=480 bash scripts/grpo_grid.sh GRID OUT "1 3 4"
+#
+# GRID has one setting per line, `name key=value ...` (overrides of configs/grpo_scarce.yaml; `#` starts
+# a comment). Seed s starts from SFT/seed<s>/run1/final (SFT defaults to runs/scarce_local/sft) with
+# prompts data_seed=1000+s. LATENTRL is the command (default `latentrl`). Validation curves (greedy
+# accuracy on the validation split, mean over seeds) are printed at the end by scripts/grid_table.py.
+set -uo pipefail
+grid=$1 out=$2 seeds=$3
+run=${LATENTRL:-latentrl} sft=${SFT:-runs/scarce_local/sft} limit=${TIMEOUT:-600}
+mkdir -p "$out"
+pids=()
+while read -r name overrides; do
+    [[ -z "$name" || "$name" == \#* ]] && continue
+    for s in $seeds; do
+        dir="$out/$name/seed$s"
+        mkdir -p "$dir"
+        # shellcheck disable=SC2086
+        timeout "$limit" $run grpo --config configs/grpo_scarce.yaml output_dir="$dir" \
+            model_name_or_path="$sft/seed$s/run1/final" data_seed=$((1000 + s)) seed="$s" $overrides \
+            >"$dir/stdout.txt" 2>&1 &
+        pids+=($!)
+    done
+done <"$grid"
+for p in "${pids[@]}"; do wait "$p"; done
+python3 "$(dirname "$0")/grid_table.py" "$out"
