@@ -9,6 +9,8 @@
 # LATENTRL is the command to call (default `latentrl`; e.g. "python3 -m latentrl.cli" without install).
 # Logs: OUT/logs/seed<S>_<part>.txt. Processes share the machine, so wall times include that contention
 # (the same for a seed's dropout_grpo and its sft_more, which run one after the other in one process).
+# For many CPU cores, not for one GPU: seven GRPO processes sharing an H100 each ran 9x slower than one
+# alone (docs/RESULTS.md §7); on one GPU run the seeds one after the other.
 set -uo pipefail
 cfg=$1 out=$2 seeds=$3
 shift 3
