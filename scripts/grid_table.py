@@ -3,17 +3,18 @@
     python scripts/grid_table.py OUT
 """
 
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
+
+from latentrl.train.common import read_log
 
 
 def curves(out: Path) -> dict[str, dict[int, dict[int, float]]]:
     """setting -> seed -> {step: validation accuracy}."""
     table: dict[str, dict[int, dict[int, float]]] = defaultdict(dict)
     for log in sorted(out.glob("*/seed*/log.jsonl")):
-        rows = [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+        rows = read_log(log)
         seed = int(log.parent.name.removeprefix("seed"))
         table[log.parent.parent.name][seed] = {r["step"]: r["eval/accuracy"] for r in rows if "eval/accuracy" in r}
     return table

@@ -1,8 +1,13 @@
 """The sweep end to end at toy scale, and its statistics against a hand computation."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
 from latentrl.cli import main
 from latentrl.experiments.report import summarize
@@ -124,13 +129,6 @@ def test_baseline_line_from_the_log_when_final_has_no_trainer_state(tmp_path):
 def test_sweep_parallel_script_toy(tmp_path):
     """scripts/sweep_parallel.sh: each seed's baseline, then each method as its own process, then the
     table over all seeds, equal to what the runs wrote."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    import yaml
-
     cfg = tmp_path / "sweep.yaml"
     cfg.write_text(yaml.safe_dump({
         "seeds": [0, 1], "methods": ["sft", "grpo_sampling", "dropout_grpo", "dropout_step", "greedy_none", "sft_more"],
