@@ -75,7 +75,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     common = ["mode=cot", "num_train_epochs=2", "save_steps=1"]
     full = sft(tmp_path, "full", *common)
     sft(tmp_path, "cut", *common, "max_steps=3")  # "interrupted" after 3 of 8 steps
-    resumed = sft(tmp_path, "cut", *common)  # same command again: resumes from checkpoint-3
+    resumed = sft(tmp_path, "cut", *common, "resume_from_checkpoint=true")  # a changed budget: an explicit resume
     a = AutoModelForCausalLM.from_pretrained(full / "final").state_dict()
     b = AutoModelForCausalLM.from_pretrained(resumed / "final").state_dict()
     for k in a:

@@ -164,7 +164,7 @@ def test_interrupted_grpo_run_resumes_to_the_same_weights(tmp_path):
               "disable_tqdm=true", "save_steps=1", "learning_rate=1e-3"]  # fmt: skip
     assert main(["grpo", f"output_dir={tmp_path / 'full'}", "max_steps=3", *common]) == 0
     assert main(["grpo", f"output_dir={tmp_path / 'cut'}", "max_steps=1", *common]) == 0
-    assert main(["grpo", f"output_dir={tmp_path / 'cut'}", "max_steps=3", *common]) == 0  # resumes from checkpoint-1
+    assert main(["grpo", f"output_dir={tmp_path / 'cut'}", "max_steps=3", *common, "resume_from_checkpoint=true"]) == 0
     a = AutoModelForCausalLM.from_pretrained(tmp_path / "full" / "final").state_dict()
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "cut" / "final").state_dict()
     for k in a:

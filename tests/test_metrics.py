@@ -99,12 +99,29 @@ def test_majority_vote_all_none_or_empty() -> None:
     assert majority_vote([]) is None
 
 
-def test_maj_at_k_uses_first_k_samples() -> None:
+def test_maj_at_k_averages_disjoint_blocks() -> None:
     preds = ["1", "2", "2", "1", "1", "1"]
-    assert maj_at_k(preds, "2", k=3) == 1.0  # first 3: 1, 2, 2 -> "2"
-    assert maj_at_k(preds, "2", k=6) == 0.0  # all 6: "1" wins 4-2
-    assert maj_at_k(preds, "1", k=1) == 1.0
+    # k=3: blocks (1, 2, 2) -> "2" and (1, 1, 1) -> "1"; the first block alone would say 1.0
+    assert maj_at_k(preds, "2", k=3) == pytest.approx(0.5)
+    assert maj_at_k(preds, "1", k=3) == pytest.approx(0.5)
+    assert maj_at_k(preds, "2", k=6) == 0.0  # one block, all 6: "1" wins 4-2
+    assert maj_at_k(preds, "1", k=1) == pytest.approx(4 / 6)  # maj@1: the fraction correct, not sample 0
     assert maj_at_k([None, None], "1", k=2) == 0.0
+
+
+def test_maj_at_k_leaves_out_the_remainder() -> None:
+    # n=7, k=3: blocks (2, 2, 1) -> "2", (1, 1, 2) -> "1"; the 7th sample is not used
+    preds = ["2", "2", "1", "1", "1", "2", "2"]
+    assert maj_at_k(preds, "2", k=3) == pytest.approx(0.5)
+    assert maj_at_k(preds[:6], "2", k=3) == maj_at_k(preds, "2", k=3)
+
+
+def test_maj_at_k_matches_naive_block_loop() -> None:
+    preds = ["a", "b", None, "b", "a", "a", "c", "c", "a", None, None, "b"]
+    for k in range(1, len(preds) + 1):
+        blocks = [preds[i * k : (i + 1) * k] for i in range(len(preds) // k)]
+        naive = sum(majority_vote(b) == "a" for b in blocks) / len(blocks)
+        assert maj_at_k(preds, "a", k) == pytest.approx(naive, abs=1e-12)
 
 
 def test_maj_at_k_custom_match() -> None:
@@ -125,15 +142,15 @@ def test_maj_at_k_rejects_bad_k() -> None:
 def test_mean_maj_at_k() -> None:
     preds = [["1", "1", "2"], ["3", "4", "4"], [None, None, None]]
     assert mean_maj_at_k(preds, ["1", "3", "0"], k=3) == pytest.approx(1 / 3)
-    assert mean_maj_at_k(preds, ["1", "3", "0"], k=1) == pytest.approx(2 / 3)
+    assert mean_maj_at_k(preds, ["1", "3", "0"], k=1) == pytest.approx((2 / 3 + 1 / 3 + 0) / 3)
     with pytest.raises(ValueError):
         mean_maj_at_k(preds, ["1"], k=1)
 
 
-def test_maj_at_1_is_pass_at_1_of_first_sample() -> None:
+def test_maj_at_1_is_pass_at_1_of_all_samples() -> None:
     preds = [["1", "2"], ["3", "3"], ["5", "4"]]
     golds = ["1", "3", "4"]
-    correct = [[p == g for p in ps[:1]] for ps, g in zip(preds, golds)]
+    correct = [[p == g for p in ps] for ps, g in zip(preds, golds)]
     assert mean_maj_at_k(preds, golds, k=1) == pytest.approx(mean_pass_at_k(correct, 1))
 
 

@@ -23,9 +23,9 @@ def test_a_flat_validation_curve_stops_after_patience_epochs(tmp_path):
     assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=6", "learning_rate=0",
                  "early_stopping_patience=1"]) == 0  # fmt: skip
     assert [r["epoch"] for r in eval_log(tmp_path)] == [1, 2]
-    state = torch.load(tmp_path / "best" / "trainer_state.pt", weights_only=False)
+    state = json.loads((tmp_path / "best" / "trainer_state.json").read_text())
     assert state["best"]["epoch"] == 1
-    final = torch.load(tmp_path / "final" / "trainer_state.pt", weights_only=False)
+    final = json.loads((tmp_path / "final" / "trainer_state.json").read_text())
     assert (final["stopped"], final["epoch"]) == ("plateau", 2)
     # a rerun in the same directory resumes at the plateau and trains no further epoch
     assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=6", "learning_rate=0",
@@ -38,7 +38,7 @@ def test_the_best_epoch_of_the_last_stage_is_kept(tmp_path, monkeypatch):
     scores = iter([0.9, 0.5, 0.7, 0.6, 0.4, 0.3])
     monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: next(scores))
     assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=coconut", "start_stage=1", "max_latent_stage=2",
-                 "final_stage=2", "num_train_epochs=6", "save_total_limit=10", "early_stopping_patience=2",
+                 "final_stage=2", "num_train_epochs=6", "save_steps=2", "save_total_limit=10", "early_stopping_patience=2",
                  "load_best_model_at_end=true"]) == 0  # fmt: skip
     log = eval_log(tmp_path)
     assert [(r["epoch"], r["stage"], r["eval/accuracy"]) for r in log] == [(1, 1, 0.9), (2, 2, 0.5), (3, 2, 0.7),
@@ -52,29 +52,28 @@ def test_the_best_epoch_of_the_last_stage_is_kept(tmp_path, monkeypatch):
 
 
 def test_eval_options_are_checked():
-    with pytest.raises(ValueError, match="eval_strategy must be no or epoch"):
+    with pytest.raises(ValueError, match="'no' or 'epoch'"):
         SFTConfig(eval_strategy="steps")
     with pytest.raises(ValueError, match="need eval_strategy=epoch"):
         SFTConfig(early_stopping_patience=2)
     with pytest.raises(ValueError, match="never reaches its last stage"):
         SFTConfig(eval_strategy="epoch", load_best_model_at_end=True, mode="coconut", start_stage=1, max_latent_stage=3,
                   num_train_epochs=2)  # fmt: skip
-    with pytest.raises(ValueError, match="eval_n must be >= 1"):
+    with pytest.raises(ValueError, match="eval_n"):
         SFTConfig(eval_strategy="epoch", eval_n=0)
     with pytest.raises(ValueError, match="needs eval_data_path"):
-        common.validation_examples("gsm8k", 10, 0, {}, None)
+        common.validation_examples(SFTConfig(task="gsm8k", eval_n=10))
 
 
 def test_data_seed_draws_the_problems_and_seed_the_order(tmp_path, monkeypatch):
     """``data_seed`` picks which problems are trained on (train and validation); ``seed`` keeps the rest."""
-    from latentrl.train import sft
+    import latentrl.tasks
 
     drawn = []
-    real = sft.load_examples
-    monkeypatch.setattr(sft, "load_examples", lambda *a, **k: drawn.append(a[:4]) or real(*a, **k))
-    monkeypatch.setattr(common, "validation_examples", lambda *a: drawn.append(a[:3]) or [])
+    real = latentrl.tasks.load_examples
+    monkeypatch.setattr(latentrl.tasks, "load_examples", lambda *a, **k: (a[2] and drawn.append(a[:4])) or real(*a, **k))
     monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: 0.5)
     assert main(["sft", *TINY, f"output_dir={tmp_path}", "mode=cot", "num_train_epochs=1", "seed=9", "data_seed=4"]) == 0
-    assert drawn == [("arith", "train", 64, 4), ("arith", 8, 4)]
+    assert drawn == [("arith", "train", 64, 4), ("arith", "validation", 8, 4)]
     assert main(["sft", *TINY, f"output_dir={tmp_path / 'b'}", "mode=cot", "num_train_epochs=1", "seed=9"]) == 0
-    assert drawn[2:] == [("arith", "train", 64, 9), ("arith", 8, 9)]
+    assert drawn[2:] == [("arith", "train", 64, 9), ("arith", "validation", 8, 9)]

@@ -89,7 +89,7 @@ def test_sweep_needs_exactly_one_source_of_baselines():
     with pytest.raises(ValueError, match="the sft runs differ in num_train_examples"):
         SweepConfig(sft=[{"mode": "cot", "num_train_examples": 10}, {"mode": "coconut"}], data="sft")
     SweepConfig(sft=[{"mode": "cot", "num_train_examples": 10}, {"mode": "coconut"}], data="fresh")  # no shared budget
-    with pytest.raises(ValueError, match="data must be one of"):
+    with pytest.raises(ValueError, match="fresh_prompts"):
         SweepConfig(sft_checkpoints=["a"], data="more")
 
 

@@ -13,10 +13,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from latentrl.config import config_to_dict, save_config
+import torch
+from pydantic import Field, model_validator
+
+from latentrl.config import Config, config_to_dict, save_config, validate_config
 from latentrl.eval.evaluate import EvalConfig, evaluate, write_eval
 from latentrl.models import load_checkpoint
 from latentrl.tasks import load_examples
@@ -24,41 +26,49 @@ from latentrl.train.grpo import GRPOConfig, train_grpo
 from latentrl.train.sft import SFTConfig, train_sft
 
 
-@dataclass
-class DemoConfig:
+class DemoConfig(Config):
     """Config of ``latentrl demo`` (``configs/demo.yaml`` holds the same values)."""
 
-    out: str = field(default="runs/demo", metadata={"help": "Output directory."})
-    seed: int = field(default=0, metadata={"help": "Seed of the model, data, training and evaluation."})
-    task: str = field(default="arith", metadata={"help": "Synthetic task."})
-    task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Task knobs."})
-    num_train_examples: int = field(default=10000, metadata={"help": "Training problems."})
-    cot_epochs: int = field(default=3, metadata={"help": "Epochs of CoT training."})
-    coconut_epochs: int = field(default=8, metadata={"help": "Epochs of the Coconut curriculum (from stage 1)."})
-    max_latent_stage: int = field(default=2, metadata={"help": "Last Coconut stage (steps replaced by thoughts)."})
-    c_thought: int = field(default=2, metadata={"help": "Thoughts per replaced step."})
-    epochs_per_stage: int = field(default=1, metadata={"help": "Coconut epochs per stage."})
-    final_stage: int | None = field(default=2, metadata={"help": "Stage the curriculum stays at once reached."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate of SFT."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "SFT batch size."})
-    n_layer: int = field(default=4, metadata={"help": "Tiny model layers."})
-    n_embd: int = field(default=128, metadata={"help": "Tiny model width."})
-    grpo_steps: int = field(default=100, metadata={"help": "Dropout-GRPO steps (0 skips RL)."})
-    grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides of the RL step."})
-    eval_n: int = field(default=500, metadata={"help": "Test problems evaluated."})
-    eval_samples: int = field(default=8, metadata={"help": "Samples per test problem for pass@k / maj@k."})
-    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
+    out: str = Field("runs/demo", min_length=1, description="Output directory.")
+    seed: int = Field(0, description="Seed of the model, data, training and evaluation.")
+    task: str = Field("arith", description="Synthetic task.")
+    task_kwargs: dict[str, int | float | str] = Field({}, description="Task knobs.")
+    num_train_examples: int = Field(10000, ge=1, description="Training problems.")
+    cot_epochs: int = Field(3, ge=1, description="Epochs of CoT training.")
+    coconut_epochs: int = Field(8, ge=1, description="Epochs of the Coconut curriculum (from stage 1).")
+    max_latent_stage: int = Field(2, ge=1, description="Last Coconut stage (steps replaced by thoughts).")
+    c_thought: int = Field(2, ge=1, description="Thoughts per replaced step.")
+    epochs_per_stage: int = Field(1, ge=1, description="Coconut epochs per stage.")
+    final_stage: int | None = Field(2, ge=1, description="Stage the curriculum stays at once reached.")
+    learning_rate: float = Field(1e-3, gt=0, description="AdamW learning rate of SFT.")
+    per_device_train_batch_size: int = Field(64, ge=1, description="SFT batch size.")
+    n_layer: int = Field(4, ge=1, description="Tiny model layers.")
+    n_embd: int = Field(128, ge=1, description="Tiny model width.")
+    grpo_steps: int = Field(100, ge=0, description="Dropout-GRPO steps (0 skips RL).")
+    grpo: dict = Field({}, description="GRPOConfig overrides of the RL step (checked when the demo starts).")
+    eval_n: int = Field(500, ge=1, description="Test problems evaluated.")
+    eval_samples: int = Field(8, ge=1, description="Samples per test problem for pass@k / maj@k.")
+    disable_tqdm: bool = Field(False, description="No progress bars.")
+
+    @model_validator(mode="after")
+    def _runs_are_valid(self):
+        """Every run the demo will start, checked now (a typo in ``grpo`` fails here, not after SFT)."""
+        for mode, epochs in (("cot", self.cot_epochs), ("coconut", self.coconut_epochs)):
+            sft_config(self, mode, epochs)
+        if self.grpo_steps:
+            grpo_config(self, Path(self.out, "sft"))
+        return self
 
 
 def sft_config(cfg: DemoConfig, mode: str, epochs: int, **extra) -> SFTConfig:
-    return SFTConfig(
+    return validate_config(SFTConfig, dict(
         output_dir=str(Path(cfg.out, "runs", mode)), mode=mode, task=cfg.task, task_kwargs=dict(cfg.task_kwargs),
         num_train_examples=cfg.num_train_examples, num_train_epochs=epochs, learning_rate=cfg.learning_rate,
         per_device_train_batch_size=cfg.per_device_train_batch_size, n_layer=cfg.n_layer, n_embd=cfg.n_embd,
         c_thought=cfg.c_thought, max_latent_stage=cfg.max_latent_stage, epochs_per_stage=cfg.epochs_per_stage,
         final_stage=cfg.final_stage,
         seed=cfg.seed, save_steps=0, disable_tqdm=cfg.disable_tqdm, **extra,
-    )  # fmt: skip
+    ), where=f"the demo's {mode} run")  # fmt: skip
 
 
 def evaluate_checkpoint(path, cfg: DemoConfig, name: str, examples) -> dict:
@@ -76,7 +86,7 @@ def grpo_config(cfg: DemoConfig, sft: Path) -> GRPOConfig:
                   generation_batch_size=256, per_device_train_batch_size=128, learning_rate=2e-4,
                   exploration="dropout", dropout_p=0.1, dropout_scope="rollout", dropout_sites=["thought"],
                   eval_steps=max(1, cfg.grpo_steps // 5), eval_n=200, disable_tqdm=cfg.disable_tqdm)  # fmt: skip
-    return GRPOConfig(**{**fields, **cfg.grpo})
+    return validate_config(GRPOConfig, {**fields, **cfg.grpo}, where="the demo's grpo block")
 
 
 def publish(checkpoint: Path, dest: Path) -> None:
@@ -84,7 +94,7 @@ def publish(checkpoint: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.pt"))
+    shutil.copytree(checkpoint, tmp, ignore=shutil.ignore_patterns("trainer_state.json", "optimizer.pt", "manifest.json"))
     if dest.exists():
         shutil.rmtree(dest)
     tmp.rename(dest)
@@ -138,6 +148,15 @@ def render_table(rows: dict[str, dict], samples: int) -> str:
     return "\n".join(lines)
 
 
+def versions() -> dict[str, str]:
+    """The versions the figures were made with (``report.json``)."""
+    import platform
+    from importlib.metadata import version
+
+    packages = ("latentrl", "torch", "transformers", "accelerate", "tokenizers", "numpy", "pydantic")
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}, "threads": str(torch.get_num_threads())}
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -175,7 +194,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     table = render_table(rows, cfg.eval_samples)
     plots = plot_demo(out)
     wall = time.perf_counter() - t_start
-    report = {"config": config_to_dict(cfg), "results": rows, "timings_seconds": timings, "wall_seconds": wall}
+    report = {"config": config_to_dict(cfg), "results": rows, "timings_seconds": timings, "wall_seconds": wall,
+              "versions": versions()}  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "report.md").write_text(
         f"# latentrl demo\n\nTask `{cfg.task}` {cfg.task_kwargs or '(default knobs)'}, {cfg.eval_n} held-out test "

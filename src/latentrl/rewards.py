@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from latentrl.tasks.base import DataError
+
 REL_TOL: float = 1e-6
 _MARKER = re.compile(r"#{3,}")
 # End-of-sequence-like text that may follow an answer: <|endoftext|>, <|im_end|>, </s>, <eos>, ...
@@ -23,6 +25,11 @@ _EOS = re.compile(r"<\|[^|>]*\|>|</s>|<eos>|<end_of_turn>", re.IGNORECASE)
 _NUMBER = re.compile(r"(?:(?<![\w.])-)?(?:\d+(?:,\d{3})*(?:\.\d+)?|\.\d+)")
 _PLAIN_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
 _MATHY = re.compile(r"[\d\\]")
+
+
+class RewardError(DataError):
+    """A reward function raised, or returned something other than one finite number (or None) per
+    completion; the message names the function and the rows at fault."""
 
 
 def extract_answer(text: str) -> str | None:

@@ -6,14 +6,18 @@ Shape legend: ``B`` rollouts (prompts x ``G`` generations, grouped), ``P`` promp
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from latentrl.exploration import Exploration
 from latentrl.models import Generation, generate, latent_forward
 from latentrl.models.layout import ThinkingConfig, encode_prompt
+from latentrl.rewards import RewardError
 
 RewardFunc = Callable[..., list[float]]
 
@@ -49,27 +53,102 @@ class Rollout:
         )  # fmt: skip
 
 
+MAX_ABS_REWARD = 1e6  # larger rewards make advantages and policy-gradient terms that overflow float32
+
+
+def _too_large(name: str, rows: list[int], values: list) -> RewardError:
+    return RewardError(f"reward function {name} returned rewards of magnitude above {MAX_ABS_REWARD:g} at rows "
+                       f"{rows[:10]}: {values[:10]}; rewards that large overflow float32 gradients, rescale them "
+                       "(e.g. to [0, 1])")  # fmt: skip
+
+
+def _reward_value(name: str, row: int, value: Any) -> float | None:
+    """One element of a reward function's output as a float, or None ("does not apply to this row")."""
+    if getattr(value, "ndim", None) == 0 and hasattr(value, "item"):
+        value = value.item()  # a 0-d tensor or array, or a numpy scalar
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)):
+        raise RewardError(f"reward function {name} returned a {type(value).__name__} at row {row} ({value!r}); "
+                          "return numbers")  # fmt: skip
+    if isinstance(value, (list, tuple)) or getattr(value, "ndim", 0):
+        raise RewardError(f"reward function {name} returned a nested {type(value).__name__} at row {row} "
+                          f"({value!r}); return one number per completion (a flat list)")  # fmt: skip
+    if not isinstance(value, (bool, numbers.Real)):
+        raise RewardError(f"reward function {name} returned a {type(value).__name__} at row {row} ({value!r}); "
+                          "return numbers")  # fmt: skip
+    try:
+        return float(value)
+    except OverflowError as err:  # an int beyond the float range
+        raise _too_large(name, [row], [value]) from err
+
+
+def check_rewards(name: str, values: Any, n: int) -> torch.Tensor:  # [n] float32
+    """Validate what reward function ``name`` returned for ``n`` completions; NaN where it returned None.
+
+    Accepted: a list or tuple of numbers (bools count; 0-d tensors and numpy scalars too), a 1-D
+    torch tensor or a 1-D numpy array, of length ``n``. A ``None`` element means the function does
+    not apply to that row (TRL). Everything else raises :class:`RewardError` naming the function:
+    a None result, another container, a tensor/array that is not 1-D, a wrong length, a string
+    (numeric or not) or nested list element, a NaN/inf reward, or ``|reward| > MAX_ABS_REWARD``.
+    """
+    if values is None:
+        raise RewardError(f"reward function {name} returned None; return a list of {n} numbers "
+                          "(None for a row it does not apply to)")  # fmt: skip
+    if isinstance(values, torch.Tensor) or (hasattr(values, "ndim") and hasattr(values, "tolist")):
+        if values.ndim != 1:
+            raise RewardError(f"reward function {name} returned a {values.ndim}-D {type(values).__name__} of shape "
+                              f"{tuple(values.shape)}; return one number per completion (1-D, length {n})")  # fmt: skip
+        values = values.tolist()  # Python scalars (a float32 tensor's values exactly)
+    elif not isinstance(values, (list, tuple)):
+        raise RewardError(f"reward function {name} returned a {type(values).__name__}; return a list of {n} numbers")
+    if len(values) != n:
+        raise RewardError(f"reward function {name} returned {len(values)} values for {n} completions")
+    floats = [_reward_value(name, row, v) for row, v in enumerate(values)]
+    bad = [row for row, x in enumerate(floats) if x is not None and not math.isfinite(x)]
+    if bad:
+        raise RewardError(f"reward function {name} returned non-finite rewards at rows {bad[:10]}: "
+                          f"{[values[i] for i in bad[:10]]}")  # fmt: skip
+    huge = [row for row, x in enumerate(floats) if x is not None and abs(x) > MAX_ABS_REWARD]
+    if huge:
+        raise _too_large(name, huge, [values[i] for i in huge])
+    return torch.tensor([math.nan if x is None else x for x in floats], dtype=torch.float32)
+
+
 def score(
     reward_funcs: Sequence[RewardFunc], weights: Sequence[float], prompts: list[str], completions: list[str],
     columns: dict[str, list],
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:  # fmt: skip
     """Weighted sum of TRL-style reward functions ``f(prompts, completions, **columns) -> list[float]``.
 
-    A reward that is not a finite number raises ``ValueError`` naming the function and the row.
+    Returns ``(total [B], {name: [B]})`` (float32). Each function's output is validated by
+    :func:`check_rewards`; a ``None`` element is NaN in its part and adds nothing to the total (TRL's
+    nansum), and a row where every function returned None raises. A function that raises, or
+    returns anything else than one finite number (or None) per completion, raises
+    :class:`~latentrl.rewards.RewardError` (a ``ValueError``) naming the function and the rows.
     """
-    parts = {}
+    if len(weights) != len(reward_funcs):
+        raise RewardError(f"{len(reward_funcs)} reward functions but {len(weights)} reward weights")
+    n = len(completions)
+    parts: dict[str, torch.Tensor] = {}
     for func in reward_funcs:
         name = getattr(func, "__name__", repr(func))
-        values = func(prompts=prompts, completions=completions, **columns)
-        if len(values) != len(completions):
-            raise ValueError(f"reward function {name} returned {len(values)} values for {len(completions)} completions")
-        tensor = torch.tensor([float("nan") if v is None else float(v) for v in values], dtype=torch.float32)
-        bad = (~torch.isfinite(tensor)).nonzero().flatten().tolist()
-        if bad:
-            raise ValueError(f"reward function {name} returned non-finite rewards at rows {bad[:10]}: "
-                             f"{[values[i] for i in bad[:10]]}")  # fmt: skip
-        parts[name] = tensor
-    total = sum(w * parts[n] for w, n in zip(weights, parts))
+        if name in parts:
+            raise RewardError(f"two reward functions are named {name}; give them distinct __name__s")
+        try:
+            values = func(prompts=prompts, completions=completions, **columns)
+        except Exception as err:  # noqa: BLE001 - reported with the function's name, the cause chained
+            message = (str(err).strip().splitlines() or [""])[0]
+            raise RewardError(f"reward function {name} raised {type(err).__name__}: {message}") from err
+        parts[name] = check_rewards(name, values, n)
+    if parts:
+        unscored = torch.stack(list(parts.values())).isnan().all(0).nonzero().flatten().tolist()  # rows
+        if unscored:
+            raise RewardError(f"no reward function applies to rows {unscored[:10]}: every function "
+                              f"({', '.join(parts)}) returned None there")  # fmt: skip
+    total = torch.zeros(n, dtype=torch.float32)
+    for w, part in zip(weights, parts.values()):
+        total = total + torch.where(part.isnan(), torch.zeros_like(part), w * part)  # nansum over functions
     return total, parts
 
 

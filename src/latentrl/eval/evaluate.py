@@ -7,38 +7,44 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 from tqdm.auto import tqdm
 
+from latentrl.config import Config
 from latentrl.eval.metrics import mean_maj_at_k, mean_pass_at_k
 from latentrl.models import ThinkingConfig, encode_prompt, generate
+from latentrl.models.layout import check_fits_context, model_context_length
 from latentrl.rewards import answers_match, extract_answer, normalize_answer
 
 
-@dataclass
-class EvalConfig:
+class EvalConfig(Config):
     """Config of ``latentrl eval``."""
 
-    checkpoint: str = field(default="", metadata={"help": "Checkpoint directory (or hub id)."})
-    task: str | None = field(default=None, metadata={"help": "Task name (synthetic) or file format."})
-    data_path: str | None = field(default=None, metadata={"help": "A JSONL file of question/steps/answer."})
-    split: str = field(default="test", metadata={"help": "Split of a synthetic task."})
-    n: int | None = field(default=200, metadata={"help": "Examples evaluated (None: all of a file)."})
-    samples: int = field(default=1, metadata={"help": "Sampled completions per example for pass@k / maj@k."})
-    temperature: float = field(default=1.0, metadata={"help": "Temperature of the sampled completions."})
-    top_p: float = field(default=1.0, metadata={"help": "Nucleus of the sampled completions."})
-    max_new_tokens: int = field(default=64, metadata={"help": "Completion length cap."})
-    num_latents: int | None = field(default=None, metadata={"help": "Thoughts at inference (default: latentrl.json)."})
-    mc_masks: int = field(default=0, metadata={"help": "M: Bayesian model average, vote over M dropout masks."})
-    mc_dropout_p: float = field(default=0.1, metadata={"help": "Drop probability of the BMA masks."})
-    mc_dropout_sites: list[str] = field(default_factory=lambda: ["thought"], metadata={"help": "Sites of the BMA masks."})
-    batch_size: int = field(default=64, metadata={"help": "Prompts per generation batch."})
-    seed: int = field(default=0, metadata={"help": "Seed of the task data and of sampling."})
-    task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Generator knobs."})
-    out: str = field(default="runs/eval", metadata={"help": "Output directory."})
+    checkpoint: str = Field("", description="Checkpoint directory (or hub id).")
+    task: str | None = Field(None, description="Task name (synthetic) or file format.")
+    data_path: str | None = Field(None, description="A JSONL file of question/steps/answer.")
+    split: Literal["train", "validation", "test"] = Field("test", description="Split of a synthetic task.")
+    n: int | None = Field(200, ge=1, description="Examples evaluated (None: all of a file).")
+    samples: int = Field(1, ge=1, description="Sampled completions per example for pass@k / maj@k.")
+    temperature: float = Field(1.0, ge=0, description="Temperature of the sampled completions.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus of the sampled completions.")
+    max_new_tokens: int = Field(64, ge=1, description="Completion length cap.")
+    num_latents: int | None = Field(None, ge=0, description="Thoughts at inference (default: latentrl.json).")
+    mc_masks: int = Field(0, ge=0, description="M: Bayesian model average, vote over M dropout masks.")
+    mc_dropout_p: float = Field(0.1, ge=0, lt=1, description="Drop probability of the BMA masks.")
+    mc_dropout_sites: list[Literal["thought", "mlp", "attn", "block"]] = Field(
+        ["thought"], min_length=1, description="Sites of the BMA masks."
+    )
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+    seed: int = Field(0, description="Seed of the task data and of sampling.")
+    task_kwargs: dict[str, int | float | str] = Field({}, description="Generator knobs.")
+    out: str = Field("runs/eval", min_length=1, description="Output directory.")
+    progress: bool = Field(True, description="Progress bars (off inside training).")
 
 
 @dataclass
@@ -64,7 +70,7 @@ def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, s
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     per_batch = max(1, cfg.batch_size // samples)
     texts, completion_ids, lengths = [], [], []
-    for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=None):
+    for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=None if cfg.progress else True):
         chunk = prompts[i : i + per_batch]
         seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # mask j of problem p: seed p*M + j + 1
         gen = generate(model, chunk, num_generations=samples, generator=generator, exploration=exploration,
@@ -79,6 +85,8 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
     """Greedy run for accuracy and predictions; ``cfg.samples`` sampled runs for pass@k and maj@k."""
     model.eval()
     prompts = [encode_prompt(tokenizer, ex.question, thinking, cfg.num_latents) for ex in examples]
+    where = f"{cfg.data_path or cfg.task or 'the examples'} (prompt + max_new_tokens)"
+    check_fits_context([len(p) + cfg.max_new_tokens for p in prompts], model_context_length(model), where)
     latents = [sum(t == thinking.latent_token_id for t in p) for p in prompts]
     texts, completion_ids, lengths = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy")
     predictions, correct = [], []
@@ -118,7 +126,7 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
 
 def greedy_accuracy(model, tokenizer, thinking: ThinkingConfig, examples, max_new_tokens: int = 64) -> float:
     """Greedy accuracy on ``examples``: what the trainers' periodic evaluation reports."""
-    cfg = EvalConfig(max_new_tokens=max_new_tokens, samples=1)
+    cfg = EvalConfig(max_new_tokens=max_new_tokens, samples=1, progress=False)
     return evaluate(model, tokenizer, thinking, examples, cfg).metrics["accuracy"]
 
 
@@ -156,11 +164,15 @@ def write_eval(result: EvalResult, out: str | os.PathLike) -> None:
 
 def run_eval(cfg: EvalConfig) -> EvalResult:
     """Load the checkpoint and the examples, evaluate, write the outputs."""
+    from latentrl.fsutil import check_output_dir
     from latentrl.models import load_checkpoint
     from latentrl.tasks import load_examples
 
+    if not cfg.checkpoint:
+        raise ValueError("eval needs --checkpoint DIR")
     if cfg.task is None and cfg.data_path is None:
         raise ValueError("give --task NAME or --data FILE")
+    check_output_dir(Path(cfg.out))
     task = cfg.task or "jsonl"
     examples = load_examples(task, cfg.split, cfg.n, cfg.seed, cfg.data_path, **cfg.task_kwargs)
     model, tokenizer, thinking = load_checkpoint(cfg.checkpoint)

@@ -2,7 +2,8 @@
 
 - ``pass_at_k``: the unbiased pass@k estimator of Chen et al. 2021 ("Evaluating Large Language
   Models Trained on Code"), from n samples of which c are correct.
-- ``majority_vote`` / ``maj_at_k``: self-consistency accuracy (Wang et al. 2022) of k samples.
+- ``majority_vote`` / ``maj_at_k``: self-consistency accuracy (Wang et al. 2022) of k samples,
+  averaged over the disjoint blocks of k among the n samples.
 - ``mean_ci`` / ``paired_difference``: a mean over seeds with its Student-t confidence interval,
   and the same for paired differences (method A vs method B on the same seeds).
 - ``t_quantile``: the Student-t quantile, computed from the regularized incomplete beta function
@@ -90,19 +91,28 @@ def maj_at_k(
     k: int,
     match: Match | None = None,
 ) -> float:
-    """1.0 if the majority vote of the **first k** predictions matches ``gold``, else 0.0.
+    """Mean majority-vote correctness over the ``n // k`` disjoint consecutive blocks of k predictions.
 
-    Samples are i.i.d., so the first k are a uniformly random k-subset and this is an unbiased
-    one-draw estimate of maj@k (averaging over problems then estimates the benchmark's maj@k).
-    ``match(prediction, gold)`` decides correctness of the voted answer (default: equality);
-    votes themselves are counted by equality.
+        maj@k = (1 / m) * sum_{b=0}^{m-1} [vote(predictions[b*k : (b+1)*k]) matches gold],   m = n // k
+
+    Each block is a uniformly random k-subset of i.i.d. samples, so every term, and hence their
+    mean, is an unbiased estimate of maj@k; averaging the blocks lowers its variance and, when k
+    divides n, uses every sample, as ``pass_at_k`` does (a remainder of ``n % k`` samples is left
+    out). ``maj@1`` is the fraction of correct samples. ``match(prediction, gold)`` decides the
+    correctness of a voted answer (default: equality); votes themselves are counted by equality.
 
     Raises:
         ValueError: unless 1 <= k <= len(predictions).
     """
     if not 1 <= k <= len(predictions):
         raise ValueError(f"need 1 <= k <= {len(predictions)} (number of predictions), got k={k}")
-    vote = majority_vote(predictions[:k])
+    blocks = [predictions[start : start + k] for start in range(0, len(predictions) - k + 1, k)]
+    return statistics.fmean(_vote_is_correct(block, gold, match) for block in blocks)
+
+
+def _vote_is_correct(predictions: Sequence[str | None], gold: str, match: Match | None) -> float:
+    """1.0 if the majority vote of ``predictions`` matches ``gold``, else 0.0 (no vote: 0.0)."""
+    vote = majority_vote(predictions)
     if vote is None:
         return 0.0
     is_correct = match(vote, gold) if match is not None else vote == gold

@@ -21,59 +21,67 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
-from latentrl.config import save_config
+from pydantic import Field, model_validator
+
+from latentrl.config import Config, save_config, validate_config
 from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS
 from latentrl.experiments.report import plot_curves, summarize, write_table
 
 
-DATA_MODES = ("sft", "fresh_prompts", "fresh")
 
-
-@dataclass
-class SweepConfig:
+class SweepConfig(Config):
     """Config of ``latentrl sweep``."""
 
-    out: str = field(default="runs/sweep", metadata={"help": "Output directory."})
-    sft_checkpoints: list[str] = field(
-        default_factory=list, metadata={"help": "SFT checkpoint per seed (or one shared by every seed)."}
-    )
-    sft: list[dict] = field(
-        default_factory=list,
-        metadata={"help": "Train each seed's SFT baseline here: SFTConfig fields of each run in order (e.g. CoT, "
-                          "then Coconut), each starting from the previous one's final/; seed = the sweep seed."},
-    )
-    data: str = field(
-        default="fresh",
-        metadata={"help": "sft: RL and sft_more train on the SFT run's problems; fresh_prompts: RL gets new prompts, "
-                          "sft_more the SFT run's problems; fresh: both get new problems."},
-    )
-    seeds: list[int] = field(default_factory=lambda: [0, 1, 2], metadata={"help": "RL seeds."})
-    methods: list[str] = field(default_factory=lambda: list(ALL_METHODS), metadata={"help": f"Of {ALL_METHODS}."})
-    grpo: dict = field(default_factory=dict, metadata={"help": "GRPOConfig overrides shared by the GRPO methods."})
-    sft_more: dict = field(default_factory=dict, metadata={"help": "SFTConfig overrides of the sft_more control."})
-    task: str = field(default="arith", metadata={"help": "Task (train prompts for RL, test problems for eval)."})
-    task_kwargs: dict[str, int | float | str] = field(default_factory=dict, metadata={"help": "Task knobs."})
-    eval_n: int = field(default=500, metadata={"help": "Held-out test problems per evaluation."})
-    disable_tqdm: bool = field(default=True, metadata={"help": "No progress bars."})
+    out: str = Field("runs/sweep", min_length=1, description="Output directory.")
+    sft_checkpoints: list[str] = Field([], description="SFT checkpoint per seed (or one shared by every seed).")
+    sft: list[dict] = Field(
+        [], description="Train each seed's SFT baseline here: SFTConfig fields of each run in order (e.g. CoT, then "
+                        "Coconut), each starting from the previous one's final/; seed = the sweep seed.",
+    )  # fmt: skip
+    data: Literal["sft", "fresh_prompts", "fresh"] = Field(
+        "fresh", description="sft: RL and sft_more train on the SFT run's problems; fresh_prompts: RL gets new prompts, "
+                             "sft_more the SFT run's problems; fresh: both get new problems.",
+    )  # fmt: skip
+    seeds: list[int] = Field([0, 1, 2], min_length=1, description="RL seeds.")
+    methods: list[Literal[ALL_METHODS]] = Field(list(ALL_METHODS), min_length=1, description="Methods compared.")  # type: ignore[valid-type]
+    grpo: dict = Field({}, description="GRPOConfig overrides shared by the GRPO methods.")
+    sft_more: dict = Field({}, description="SFTConfig overrides of the sft_more control.")
+    task: str = Field("arith", description="Task (train prompts for RL, test problems for eval).")
+    task_kwargs: dict[str, int | float | str] = Field({}, description="Task knobs.")
+    eval_n: int = Field(500, ge=1, description="Held-out test problems per evaluation.")
+    disable_tqdm: bool = Field(True, description="No progress bars.")
 
-    def __post_init__(self) -> None:
-        unknown = [m for m in self.methods if m not in ALL_METHODS]
-        if unknown:
-            raise ValueError(f"unknown methods {unknown}; choose from {list(ALL_METHODS)}")
+    @model_validator(mode="after")
+    def _consistent(self):
         if bool(self.sft_checkpoints) == bool(self.sft):
             raise ValueError("give either sft_checkpoints (one per seed, or one for all) or sft (SFTConfig fields "
                              "of a baseline trained per seed), not both or neither")  # fmt: skip
-        if self.data not in DATA_MODES:
-            raise ValueError(f"data must be one of {DATA_MODES}, got {self.data!r}")
         if self.sft_checkpoints and len(self.sft_checkpoints) not in (1, len(self.seeds)):
             raise ValueError(f"{len(self.sft_checkpoints)} sft_checkpoints for {len(self.seeds)} seeds")
         if self.sft and self.data != "fresh":
             check_one_data_budget(self.sft)
         if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
             raise ValueError("sft_more takes its time budget from dropout_grpo: include both")
+        self.check_blocks()
+        return self
+
+    def check_blocks(self) -> None:
+        """Every run's config, validated before any training (a typo in ``grpo:`` fails here, not
+        after the SFT baselines trained)."""
+        from latentrl.train.grpo_config import GRPOConfig
+        from latentrl.train.sft_config import SFTConfig
+
+        base = {"task": self.task, "task_kwargs": dict(self.task_kwargs)}
+        for i, run in enumerate(self.sft):
+            validate_config(SFTConfig, {**base, **run}, where=f"the sweep's sft run {i}")
+        for method in (m for m in self.methods if m in GRPO_METHODS):
+            validate_config(GRPOConfig, {**base, **self.grpo, **GRPO_METHODS[method], "model_name_or_path": "sft"},
+                            where=f"the sweep's grpo block, method {method}")  # fmt: skip
+        if "sft_more" in self.methods:
+            validate_config(SFTConfig, {**base, **self.sft_more, "max_time_seconds": 1.0}, where="the sweep's sft_more block")
 
     def checkpoint_of(self, i: int) -> str:
         return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
@@ -82,11 +90,9 @@ class SweepConfig:
 def check_one_data_budget(runs: list[dict]) -> None:
     """The runs of an SFT chain must train on the same problems: with ``data`` sft or fresh_prompts the
     last run's problems stand for the whole baseline's data budget."""
-    from dataclasses import fields
+    from latentrl.train.sft_config import SFTConfig
 
-    from latentrl.train.sft import SFTConfig
-
-    defaults = {f.name: f.default for f in fields(SFTConfig)}
+    defaults = {name: f.default for name, f in SFTConfig.model_fields.items()}
     for key in ("num_train_examples", "data_seed", "data_path", "task", "task_kwargs"):
         values = {repr(run.get(key, defaults.get(key))) for run in runs}
         if len(values) > 1:
@@ -125,7 +131,7 @@ def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
                   "seed": seed, "output_dir": str(run_dir)}  # fmt: skip
         if start is not None:
             fields["model_name_or_path"] = start
-        start = str(train_sft(SFTConfig(**fields)))
+        start = str(train_sft(validate_config(SFTConfig, fields, where=f"the sweep's sft run of seed {seed}")))
     return start
 
 
@@ -150,7 +156,7 @@ def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir:
         data = sft_data_of(sft)
         fields.update(task=data["task"], task_kwargs=data["task_kwargs"])
         fields.setdefault("data_seed", 1000 + data["data_seed"])
-    return train_grpo(GRPOConfig(**fields))
+    return train_grpo(validate_config(GRPOConfig, fields, where=f"the sweep's {method} run"))
 
 
 def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir: Path) -> Path:
@@ -169,7 +175,7 @@ def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir:
               "max_time_seconds": seconds, "seed": 1000 + seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
     if cfg.data in ("sft", "fresh_prompts"):  # more epochs over the SFT run's own problems, in a new order
         fields.update(sft_data_of(sft))
-    return train_sft(SFTConfig(**fields))
+    return train_sft(validate_config(SFTConfig, fields, where="the sweep's sft_more run"))
 
 
 def run_one(method: str, seed: int, sft: str, cfg: SweepConfig, results: dict) -> dict:

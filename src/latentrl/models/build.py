@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 import torch
+from safetensors import SafetensorError, safe_open
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -11,6 +17,7 @@ from transformers import (
     PreTrainedModel,
     Qwen2Config,
 )
+from transformers.utils import logging as hf_logging
 
 from latentrl.models.tokenizer import LATENT_TOKENS, build_char_tokenizer
 
@@ -19,6 +26,30 @@ MODEL_FAMILIES = ("gpt2", "llama", "qwen2")
 
 class IncompatibleModelError(ValueError):
     """The model cannot run latent thinking (no ``inputs_embeds`` or no hidden states)."""
+
+
+class CheckpointError(IncompatibleModelError):
+    """A damaged or invalid checkpoint: unreadable weights, config or tokenizer files, or a bad
+    ``latentrl.json``. The message names the file and, where there is one, the key at fault.
+
+    A subclass of :class:`IncompatibleModelError` (hence a ``ValueError``), so whatever reports
+    an incompatible model in one line reports a damaged checkpoint the same way.
+    """
+
+
+@contextmanager
+def quiet_hf() -> Iterator[None]:
+    """Silence transformers' progress bars ("Loading weights", "Writing model shards") inside the block.
+
+    Uses a tqdm hook, so the global enable/disable switch of transformers and of huggingface_hub
+    (and its ``HF_HUB_DISABLE_PROGRESS_BARS`` setting) is left untouched; the previous hook comes back
+    on exit. Wrap ``save_pretrained`` with it too.
+    """
+    previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
 
 
 def tiny_config(family: str, vocab_size: int, n_layer: int, n_embd: int, n_head: int, max_length: int, dropout: float):
@@ -68,10 +99,57 @@ def build_tiny_model(
     return model, tokenizer
 
 
+def _first_line(err: BaseException) -> str:
+    """``"TypeName: first line of the message"``, for one-line error reports."""
+    text = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
+
+
+def check_weight_files(directory: str | os.PathLike) -> None:
+    """Open the header of every ``*.safetensors`` file of a local checkpoint directory.
+
+    safetensors checks on open that the header parses and that the tensors it lists cover the file
+    exactly, so a truncated file, random bytes or a damaged header fail here, naming the file.
+    """
+    for path in sorted(Path(directory).glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                f.keys()
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: damaged weights file ({_first_line(err)})") from err
+
+
+def check_finite_weights(model: PreTrainedModel, where: str) -> None:
+    """Raise :class:`CheckpointError` naming the first parameter holding NaN or inf (damaged bytes
+    inside an intact file, or a run that diverged before it was saved)."""
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param).all()):
+            raise CheckpointError(f"{where}: weight {name!r} holds non-finite values (NaN/inf); the checkpoint is "
+                                  "damaged or its training diverged")  # fmt: skip
+
+
 def load_model(name_or_path: str, dtype: torch.dtype | None = None):
-    """Load a model and tokenizer from a local directory or a hub id (the hub only when named)."""
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    """Load a model and tokenizer from a local directory or a hub id (the hub only when named).
+
+    For a local directory, any failure to read its files (damaged ``*.safetensors``, config or
+    tokenizer files, weights that do not fit the config) raises :class:`CheckpointError` naming
+    the directory or file; hub errors propagate unchanged. Progress bars are silenced.
+    """
+    local = Path(name_or_path).expanduser().is_dir()
+    if local:
+        check_weight_files(Path(name_or_path).expanduser())
+    try:
+        with quiet_hf():
+            model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+    except torch.cuda.OutOfMemoryError:  # a RuntimeError, but no fault of the checkpoint
+        raise
+    except (SafetensorError, OSError, ValueError, RuntimeError, EOFError) as err:
+        if not local or isinstance(err, IncompatibleModelError):
+            raise
+        raise CheckpointError(f"{name_or_path}: cannot load the checkpoint ({_first_line(err)})") from err
+    if local:
+        check_finite_weights(model, str(name_or_path))
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
@@ -128,6 +206,7 @@ def model_family(model_or_config) -> str:
 
 
 __all__ = [
-    "MODEL_FAMILIES", "IncompatibleModelError", "add_latent_tokens", "build_tiny_model",
-    "check_latent_support", "load_model", "model_family", "tiny_config",
+    "MODEL_FAMILIES", "CheckpointError", "IncompatibleModelError", "add_latent_tokens", "build_tiny_model",
+    "check_finite_weights", "check_latent_support", "check_weight_files", "load_model", "model_family", "quiet_hf",
+    "tiny_config",
 ]  # fmt: skip

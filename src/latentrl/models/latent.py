@@ -12,12 +12,19 @@ at a latent column, a row without a latent there just feeds its token embedding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache, PreTrainedModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.exploration import Exploration, NoExploration
+
+
+# The forward's KV-cache argument: transformers 5.24 renamed ``past_key_values=`` to ``cache=`` (the old
+# name warns and is removed in 5.40); older releases only know ``past_key_values=``. The cache object is
+# filled in place either way, so nothing reads it back from the output.
+CACHE_KWARG = "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -38,7 +45,7 @@ def _step(model, embeds, attention_mask, position_ids, cache, keep_last: bool):
         inputs_embeds=embeds,
         attention_mask=attention_mask,
         position_ids=position_ids,
-        past_key_values=cache,
+        **{CACHE_KWARG: cache},
         use_cache=True,
         output_hidden_states=True,
         logits_to_keep=1 if keep_last else 0,
@@ -185,10 +192,9 @@ def generate(
             if bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-            step = model(
-                input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, past_key_values=cache, use_cache=True
-            )
-            cache, logits, next_pos = step.past_key_values, step.logits[:, -1], next_pos + 1
+            kv = {CACHE_KWARG: cache}  # filled in place
+            step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv)
+            logits, next_pos = step.logits[:, -1], next_pos + 1
     completion = torch.stack(tokens, dim=1)  # [B, T]
     is_eos = completion == eos_token_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0

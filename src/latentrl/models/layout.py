@@ -13,18 +13,58 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 
+from latentrl.models.build import CheckpointError
 from latentrl.models.tokenizer import END_LATENT, LATENT, START_LATENT
+from latentrl.tasks.base import DataError
 
 ThinkingMode = Literal["discrete", "nocot", "coconut", "soft"]
-THINKING_MODES = ("discrete", "nocot", "coconut", "soft")
+THINKING_MODES = ("discrete", "nocot", "coconut", "soft")  # every mode the format names
+IMPLEMENTED_MODES = ("discrete", "nocot", "coconut")  # the modes that run ("soft" is reserved)
+LATENT_MODES = ("coconut", "soft")  # modes whose prompt holds the latent markers
+LATENT_ID_KEYS = {"start_latent_token_id": START_LATENT, "latent_token_id": LATENT, "end_latent_token_id": END_LATENT}
 ANSWER_PREFIX = "### "
 METADATA_FILE = "latentrl.json"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def thinking_field_error(fields: Mapping[str, Any]) -> str | None:
+    """The first fault of a ``ThinkingConfig``'s field values, as one line naming the key, or None.
+
+    Checks types and ranges only; whether the latent ids fit a tokenizer and an embedding table is
+    :func:`validate_for_tokenizer`'s job.
+    """
+    mode = fields.get("thinking_mode")
+    if mode == "soft":
+        return f"thinking_mode 'soft' is not implemented yet; use one of {', '.join(IMPLEMENTED_MODES)}"
+    if mode not in IMPLEMENTED_MODES:
+        return f"thinking_mode must be one of {', '.join(IMPLEMENTED_MODES)}, got {mode!r}"
+    for key in LATENT_ID_KEYS:
+        value = fields.get(key)
+        if value is not None and (not _is_int(value) or value < 0):
+            return f"{key} must be a non-negative integer token id or null, got {value!r}"
+    minimum = {"thoughts_per_step": 1, "num_latents": 0}
+    for key, low in minimum.items():
+        value = fields.get(key)
+        if not _is_int(value) or value < low:
+            return f"{key} must be an integer >= {low}, got {value!r}"
+    for key in ("curriculum_stage", "max_latent_stage"):
+        value = fields.get(key)
+        if value is not None and (not _is_int(value) or value < 0):
+            return f"{key} must be a non-negative integer or null, got {value!r}"
+    for key in ("answer_prefix", "prompt_layout", "completion_layout"):
+        if not isinstance(fields.get(key), str):
+            return f"{key} must be a string, got {fields.get(key)!r}"
+    return None
 
 
 @dataclass
@@ -46,8 +86,9 @@ class ThinkingConfig:
     completion_layout: str = "steps (each + '\\n', discrete mode) + '### ' + answer + eos"
 
     def __post_init__(self) -> None:
-        if self.thinking_mode not in THINKING_MODES:
-            raise ValueError(f"thinking_mode must be one of {THINKING_MODES}, got {self.thinking_mode!r}")
+        error = thinking_field_error(asdict(self))
+        if error:
+            raise ValueError(f"ThinkingConfig: {error}")
 
     @classmethod
     def from_tokenizer(cls, tokenizer, thinking_mode: str, thoughts_per_step: int = 1, num_latents: int = 0):
@@ -61,15 +102,94 @@ class ThinkingConfig:
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "ThinkingConfig":
+        """Read ``<directory>/latentrl.json``; a directory without one is a plain HF model (discrete).
+
+        Raises :class:`CheckpointError` naming the file (and key) for unreadable or malformed JSON,
+        a JSON value that is not an object, unknown keys, a missing ``thinking_mode``, or a field
+        of the wrong type or range (see :func:`thinking_field_error`). Other missing keys take
+        their defaults (files written before those keys existed).
+        """
         path = Path(directory, METADATA_FILE)
         if not path.exists():
             return cls()  # a plain HF model: discrete thinking
-        data = json.loads(path.read_text())
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{path}: invalid JSON ({err.msg} at line {err.lineno} column {err.colno})") from err
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{path}: cannot read ({err})") from err
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{path}: expected a JSON object, got a {type(data).__name__}")
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
-            raise ValueError(f"{path}: unknown keys {sorted(unknown)}")
+            raise CheckpointError(f"{path}: unknown keys {sorted(unknown)}")
+        if "thinking_mode" not in data:
+            raise CheckpointError(f"{path}: missing key 'thinking_mode' (one of {', '.join(IMPLEMENTED_MODES)})")
+        error = thinking_field_error({**asdict(cls()), **data})
+        if error:
+            raise CheckpointError(f"{path}: {error}")
         return cls(**data)
+
+
+def validate_for_tokenizer(thinking: ThinkingConfig, tokenizer, vocab_size: int, path: str | os.PathLike) -> None:
+    """Check that ``thinking``'s latent ids fit the checkpoint's tokenizer and embedding table.
+
+    Latent modes (coconut) need all three ids; in every mode an id that is set must lie in
+    ``[0, vocab_size)`` (the model's input embedding rows) and be the tokenizer's special token of
+    that name (``<|start-latent|>``, ``<|latent|>``, ``<|end-latent|>``), not an ordinary token.
+    ``path`` is the checkpoint directory; errors are :class:`CheckpointError` naming its
+    ``latentrl.json`` and the key.
+    """
+    where = Path(path, METADATA_FILE)
+    special = set(tokenizer.all_special_ids)
+    for key, token in LATENT_ID_KEYS.items():
+        value = getattr(thinking, key)
+        if value is None:
+            if thinking.thinking_mode in LATENT_MODES:
+                raise CheckpointError(f"{where}: thinking_mode {thinking.thinking_mode!r} needs {key} (the id of "
+                                      f"{token}), got null")  # fmt: skip
+            continue
+        if not 0 <= value < vocab_size:
+            raise CheckpointError(f"{where}: {key} {value} is outside the model's embedding table "
+                                  f"(vocab_size {vocab_size})")  # fmt: skip
+        actual = tokenizer.convert_ids_to_tokens(value)
+        if actual != token:
+            raise CheckpointError(f"{where}: {key} {value} is {actual!r} in the tokenizer, not {token!r}")
+        if value not in special:
+            raise CheckpointError(f"{where}: {key} {value} ({token}) is an ordinary token of the tokenizer, "
+                                  "not a special token; add it with add_latent_tokens")  # fmt: skip
+
+
+def model_context_length(model) -> int | None:
+    """The most positions the model takes: ``n_positions`` or ``max_position_embeddings`` of its
+    (text) config, or None when the config states neither."""
+    config = getattr(model, "config", model)
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for key in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, key, None)
+        if _is_int(value) and value > 0:
+            return value
+    return None
+
+
+def check_fits_context(
+    lengths: Sequence[int], max_positions: int | None, where: str, what: str = "prompt + completion"
+) -> None:
+    """Raise :class:`DataError` naming the first example (0-based index into ``lengths``) whose
+    token count exceeds ``max_positions``; nothing to check when ``max_positions`` is None.
+
+    ``where`` names the data (e.g. ``"train.jsonl"``), ``what`` what was counted (e.g.
+    ``"prompt + max_new_tokens"`` before generation). A longer input would fail deep in the forward
+    (GPT-2: IndexError in its position table) or silently run past a rotary model's trained range.
+    """
+    if max_positions is None:
+        return
+    over = [i for i, n in enumerate(lengths) if n > max_positions]
+    if over:
+        i = over[0]
+        more = f" ({len(over) - 1} more examples are too long)" if len(over) > 1 else ""
+        raise DataError(f"{where} example {i}: {what} is {lengths[i]} tokens but the model's context is "
+                        f"{max_positions} (max_position_embeddings); shorten it or raise max_length{more}")  # fmt: skip
 
 
 @dataclass
@@ -93,7 +213,7 @@ def completion_text(steps: list[str] | tuple[str, ...], answer: str, answer_pref
 def encode_prompt(tokenizer, question: str, cfg: ThinkingConfig, num_latents: int | None = None) -> list[int]:
     """Token ids of the prompt, including the latent markers and placeholders of latent modes."""
     ids = tokenizer(prompt_text(question), add_special_tokens=False).input_ids
-    if cfg.thinking_mode in ("coconut", "soft"):
+    if cfg.thinking_mode in LATENT_MODES:
         k = cfg.num_latents if num_latents is None else num_latents
         ids = ids + [cfg.start_latent_token_id] + [cfg.latent_token_id] * k + [cfg.end_latent_token_id]
     return ids
@@ -121,7 +241,7 @@ def encode_example(
     steps = list(steps)
     if cfg.thinking_mode == "nocot":
         steps = []
-    elif cfg.thinking_mode in ("coconut", "soft"):
+    elif cfg.thinking_mode in LATENT_MODES:
         steps = steps[removed_steps:]
     else:
         num_latents = 0

@@ -12,35 +12,31 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from accelerate.utils import set_seed
 
-from latentrl.config import save_config
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
-from latentrl.models import save_checkpoint
-from latentrl.models.checkpoint import load_trainer_state
+from latentrl.models.layout import check_fits_context, encode_prompt, model_context_length
 from latentrl.rollout import Rollout, completion_logps, roll_out, score
-from latentrl.tasks import load_examples
 from latentrl.train import common
-from latentrl.train.grpo_config import GRPOConfig
+from latentrl.train.grpo_config import GRPO_FIXED_ON_RESUME, GRPOConfig, load_reward_func
+from latentrl.train.run import Run, check_finite
+
+__all__ = ["GRPOConfig", "load_reward_func", "make_rollout", "rollout_seeds", "train_grpo", "update"]
 
 
-def load_reward_func(spec: str):
-    """``module:function`` -> the function (a clear error when it cannot be found)."""
-    module, _, name = spec.partition(":")
-    if not name:
-        raise ValueError(f"reward function {spec!r} must be given as module:function")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
-        raise ValueError(f"cannot load reward function {spec!r}: {err}") from err
+def autocast(accelerator):
+    """accelerate's autocast (``mixed_precision``), or nothing without an accelerator."""
+    from contextlib import nullcontext
+
+    return accelerator.autocast() if accelerator is not None else nullcontext()
 
 
 def rollout_seeds(seed: int, step: int, n: int) -> torch.Tensor:
@@ -74,7 +70,7 @@ def grpo_step_metrics(rollout: Rollout, G: int) -> dict[str, float]:
         "frac_reward_zero_std": (std < 1e-6).float().mean().item(),
         "completions/mean_length": lengths.mean().item(),
         "completions/clipped_ratio": rollout.truncated.float().mean().item(),
-        **{f"rewards/{k}/mean": v.mean().item() for k, v in rollout.reward_parts.items()},
+        **{f"rewards/{k}/mean": v.nanmean().item() for k, v in rollout.reward_parts.items()},  # NaN: not applicable
     }
 
 
@@ -85,9 +81,10 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     With several processes each one rolls out its own whole groups; the rewards of all processes
     are gathered so that ``scale_rewards="batch"`` sees the whole batch, as in TRL.
     """
-    gen, texts = roll_out(model, tokenizer, thinking, batch, num_generations=cfg.num_generations,
-                          max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                          top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator)  # fmt: skip
+    with autocast(accelerator):
+        gen, texts = roll_out(model, tokenizer, thinking, batch, num_generations=cfg.num_generations,
+                              max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                              top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator)  # fmt: skip
     G = cfg.num_generations
     t = time.perf_counter()
     prompts = [ex.question for ex in batch for _ in range(G)]
@@ -116,7 +113,8 @@ def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
     return rollout.select(rows)
 
 
-def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator=None) -> dict[str, float]:
+def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator=None,
+           step: int = 0) -> dict[str, float]:  # fmt: skip
     """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched).
 
     Normalisers are global: ``B`` counts the rollouts and ``tokens`` the completion tokens of all
@@ -134,7 +132,8 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
         for start in range(0, len(rollout.seeds), mb):
             part = rollout.select(slice(start, start + mb))
             t = time.perf_counter()
-            lp = completion_logps(model, part, exploration, cfg.temperature)
+            with autocast(accelerator):
+                lp = completion_logps(model, part, exploration, cfg.temperature)
             timings["time/logprob"] += time.perf_counter() - t
             loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.completion_mask, part.ref_logps,
                                   cfg.beta, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, cfg.importance_sampling_level,
@@ -142,6 +141,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             if cfg.loss_type != "dapo":
                 loss = loss * len(part.seeds) / B  # micro-batch means -> batch mean
             loss = loss * world  # gradients are averaged over processes below
+            check_finite(loss, "the GRPO loss", step)
             t = time.perf_counter()
             loss.backward()
             timings["time/backward"] += time.perf_counter() - t
@@ -154,6 +154,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
         if world > 1:
             common.average_gradients(model, accelerator)
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        check_finite(norm, "the gradient norm", step)
         metrics["grad_norm"] = float(norm)
         optimizer.step()
         scheduler.step()
@@ -162,17 +163,89 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
 
 
 @torch.no_grad()
-def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration) -> None:
+def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, accelerator=None) -> None:
     """Step 4: log-probs of the sampling policy (when reused over several iterations) and of the
     reference, both under the rollout's recorded noise."""
     mb = cfg.per_device_train_batch_size
     parts = [rollout.select(slice(s, s + mb)) for s in range(0, len(rollout.seeds), mb)]
     if not parts:  # every group of this process was dropped (skip_zero_std_groups)
         return
-    if cfg.num_iterations > 1:
-        rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature).logps for p in parts])
-    if ref_model is not None:
-        rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature).logps for p in parts])
+    with autocast(accelerator):
+        if cfg.num_iterations > 1:
+            rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature).logps for p in parts])
+        if ref_model is not None:
+            rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature).logps for p in parts])
+
+
+def step_inputs(cfg: GRPOConfig, pool, step: int, accelerator):
+    """Step 1: this process's prompts, one noise seed per rollout and its sampling generator, all
+    functions of (seed, step) only, so a resumed run draws the same; each process takes its own
+    slice of whole groups."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
+    rng = random.Random(cfg.seed * 1_000_003 + step)
+    batch = rng.sample(pool, n_prompts) if n_prompts <= len(pool) else rng.choices(pool, k=n_prompts)
+    seeds = rollout_seeds(cfg.seed, step, n_prompts * G)
+    local = n_prompts // world
+    batch, seeds = batch[rank * local : (rank + 1) * local], seeds[rank * local * G : (rank + 1) * local * G]
+    generator = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+    return batch, seeds, generator
+
+
+def learn(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator, step: int) -> dict:
+    """Steps 4-5: old / reference log-probs under the recorded noise, then the updates. Every process
+    takes part in the collectives, also one whose groups were all dropped."""
+    if not common.sum_over_processes([len(rollout.seeds)], accelerator)[0]:
+        return {}  # every group of the step was dropped (skip_zero_std_groups)
+    metrics = {}
+    if cfg.num_iterations > 1 or ref_model is not None:
+        t = time.perf_counter()
+        fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration, accelerator)
+        metrics["time/old_ref_logprob"] = time.perf_counter() - t
+    return metrics | update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator, step)
+
+
+@dataclass
+class GRPOSetup:
+    """What a GRPO run is made of, built before its first step."""
+
+    model: torch.nn.Module
+    ref_model: torch.nn.Module | None  # the frozen starting checkpoint (beta > 0)
+    tokenizer: object
+    thinking: object
+    pool: list  # training prompts
+    validation: list
+    reward_funcs: list
+    weights: list[float]
+    exploration: object
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+
+
+def build_setup(cfg: GRPOConfig, run: Run) -> GRPOSetup:
+    """Data first (a bad file fails before any model loads), then the model (the newest checkpoint
+    when resuming), the reference (always the starting checkpoint), rewards, noise and optimizer."""
+    from transformers import get_scheduler
+
+    acc = run.accelerator
+    pool, validation = common.train_examples(cfg), common.validation_examples(cfg) if cfg.eval_steps else []
+    set_seed(cfg.seed)
+    model, tokenizer, thinking = common.load_or_build(str(run.resume.checkpoint or cfg.model_name_or_path), {}, cfg.seed)
+    model.to(acc.device)
+    lengths = [len(encode_prompt(tokenizer, ex.question, thinking)) + cfg.max_completion_length for ex in pool]
+    check_fits_context(lengths, model_context_length(model), f"task {cfg.task!r} prompts", what="prompt + max_completion_length")
+    ref_model = None
+    if cfg.beta:
+        ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False).to(acc.device)
+    reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
+                              num_training_steps=cfg.max_steps * cfg.num_iterations)  # fmt: skip
+    if run.resume.checkpoint is not None:
+        run.restore(optimizer, scheduler)
+    return GRPOSetup(model, ref_model, tokenizer, thinking, pool, validation, reward_funcs,
+                     cfg.reward_weights or [1.0] * len(reward_funcs), make_exploration(cfg.exploration, **cfg.exploration_kwargs()),
+                     optimizer, scheduler)  # fmt: skip
 
 
 def train_grpo(cfg: GRPOConfig) -> Path:
@@ -182,102 +255,44 @@ def train_grpo(cfg: GRPOConfig) -> Path:
     process rolls out and scores whole groups, the rewards are gathered for the advantages, and the
     gradients are averaged, so N processes train like one process with the same global batch.
     """
-    from accelerate import Accelerator
-    from transformers import get_scheduler
+    with Run(cfg, "grpo", GRPO_FIXED_ON_RESUME) as run:
+        if run.resume.finished:
+            print(f"grpo: {run.out / 'final'} is already complete (nothing to do)")
+            return run.out / "final"
+        acc, G = run.accelerator, cfg.num_generations
+        if (cfg.generation_batch_size // G) % acc.num_processes:
+            raise ValueError(f"generation_batch_size / num_generations = {cfg.generation_batch_size // G} prompts per step "
+                             f"cannot be split over {acc.num_processes} processes")  # fmt: skip
+        s = build_setup(cfg, run)
+        step = run.resume.state.get("global_step", 0)
+        bar = run.progress(cfg.max_steps, f"grpo[{cfg.exploration}]")
 
-    # setup: model, reference, data, exploration, optimizer, resume point
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes over gloo
-    world, rank = accelerator.num_processes, accelerator.process_index
-    G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
-    if not cfg.model_name_or_path:
-        raise ValueError("grpo needs model_name_or_path (an SFT checkpoint)")
-    if n_prompts % world:
-        raise ValueError(f"generation_batch_size / num_generations = {n_prompts} prompts per step cannot be split "
-                         f"over {world} processes; make it a multiple of {world}")  # fmt: skip
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    common.seed_everything(cfg.seed)
-    resume_dir = common.latest_checkpoint(out)
-    model, tokenizer, thinking = common.load_or_build(str(resume_dir or cfg.model_name_or_path), {}, cfg.seed)
-    model.to(accelerator.device)
-    # the frozen reference is always the starting checkpoint, also when resuming
-    ref_model = None
-    if cfg.beta:
-        ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False)
-        ref_model.to(accelerator.device)
-    pool = load_examples(cfg.task, "train", cfg.num_train_examples, cfg.data_seed, cfg.data_path, **cfg.task_kwargs)
-    validation = []
-    if cfg.eval_steps:
-        validation = common.validation_examples(cfg.task, cfg.eval_n, cfg.data_seed, cfg.task_kwargs, cfg.eval_data_path)
-    reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
-    weights = cfg.reward_weights or [1.0] * len(reward_funcs)
-    exploration = make_exploration(cfg.exploration, **cfg.exploration_kwargs())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,
-                              num_training_steps=cfg.max_steps * cfg.num_iterations)  # fmt: skip
-    state = load_trainer_state(resume_dir) if resume_dir else None
-    step = state["global_step"] if state else 0
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-    main = accelerator.is_main_process
-    if main:
-        save_config(cfg, out / "config.yaml")
-    logger = common.RunLogger(out, cfg.report_to, main)
-    show = not cfg.disable_tqdm and accelerator.is_local_main_process
-    bar = tqdm(total=cfg.max_steps, initial=step, desc=f"grpo[{cfg.exploration}]", disable=None if show else True)  # None: off when not a terminal
+        def evaluate_now() -> float:
+            return common.validation_accuracy(s.model, s.tokenizer, s.thinking, s.validation, acc, cfg.max_completion_length)
 
-    def checkpoint(path: Path) -> None:
-        accelerator.wait_for_everyone()
-        if main:
-            save_checkpoint(path, model, tokenizer, thinking, dict(global_step=step, optimizer=optimizer.state_dict(),
-                                                                   scheduler=scheduler.state_dict()))  # fmt: skip
-            common.prune_checkpoints(out, cfg.save_total_limit)
-
-    def evaluate_now() -> float:
-        return common.validation_accuracy(model, tokenizer, thinking, validation, accelerator, cfg.max_completion_length)
-
-    if cfg.eval_steps and step == 0:
-        logger.log(0, {"eval/accuracy": evaluate_now()})
-    while step < cfg.max_steps:
-        # 1. prompts and one noise seed per rollout, both functions of (seed, step): resumable;
-        #    each process takes its own slice of whole groups
-        rng = random.Random(cfg.seed * 1_000_003 + step)
-        batch = rng.sample(pool, n_prompts) if n_prompts <= len(pool) else rng.choices(pool, k=n_prompts)
-        seeds = rollout_seeds(cfg.seed, step, n_prompts * G)
-        local = n_prompts // world
-        batch, seeds = batch[rank * local : (rank + 1) * local], seeds[rank * local * G : (rank + 1) * local * G]
-        generator = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
-        # 2-3. roll out, score, advantages
-        model.eval()
-        t = time.perf_counter()
-        rollout, reward_time = make_rollout(model, tokenizer, thinking, batch, cfg, exploration, seeds, generator,
-                                            reward_funcs, weights, accelerator)  # fmt: skip
-        metrics = {"time/rollout": time.perf_counter() - t - reward_time, "time/reward": reward_time,
-                   **grpo_step_metrics(rollout, G), **group_diagnostics(rollout, G)}  # fmt: skip
-        if cfg.skip_zero_std_groups:
-            rollout = keep_informative_groups(rollout, G)
-        # 4-5. old / reference log-probs under the recorded noise, then the updates
-        metrics = common.mean_over_processes(metrics, accelerator)  # every process has G-row groups here
-        rows_everywhere = common.sum_over_processes([len(rollout.seeds)], accelerator)[0]
-        if rows_everywhere:  # the model stays in eval mode: the only noise is the recorded one
+        if cfg.eval_steps and step == 0:
+            run.log(0, {"eval/accuracy": evaluate_now()})
+        while step < cfg.max_steps:
+            batch, seeds, generator = step_inputs(cfg, s.pool, step, acc)  # 1.
+            s.model.eval()  # the only noise is the recorded one, also in the update
             t = time.perf_counter()
-            fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration)
-            metrics["time/old_ref_logprob"] = time.perf_counter() - t
-            metrics.update(update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator))
-        step += 1
-        bar.update(1)
-        # 6. log, evaluate, checkpoint
-        if cfg.eval_steps and step % cfg.eval_steps == 0:
-            metrics["eval/accuracy"] = evaluate_now()
-        if step % cfg.logging_steps == 0 or "eval/accuracy" in metrics:
-            metrics["learning_rate"] = scheduler.get_last_lr()[0]
-            logger.log(step, metrics)
-            bar.set_postfix(reward=f"{metrics['reward']:.3f}", zero_std=f"{metrics['frac_reward_zero_std']:.2f}")
-        if cfg.save_steps and step % cfg.save_steps == 0:
-            checkpoint(out / f"checkpoint-{step}")
-    bar.close()
-    checkpoint(out / "final")
-    accelerator.wait_for_everyone()  # no process returns before final/ is written
-    logger.close()
-    return out / "final"
+            rollout, reward_time = make_rollout(s.model, s.tokenizer, s.thinking, batch, cfg, s.exploration, seeds,
+                                                generator, s.reward_funcs, s.weights, acc)  # 2-3. fmt: skip
+            metrics = {"time/rollout": time.perf_counter() - t - reward_time, "time/reward": reward_time,
+                       **grpo_step_metrics(rollout, G), **group_diagnostics(rollout, G)}  # fmt: skip
+            metrics = common.mean_over_processes(metrics, acc)  # every process has G-row groups here
+            if cfg.skip_zero_std_groups:
+                rollout = keep_informative_groups(rollout, G)
+            metrics |= learn(s.model, s.ref_model, rollout, cfg, s.exploration, s.optimizer, s.scheduler, acc, step + 1)  # 4-5.
+            step += 1
+            bar.update(1)
+            # 6. log, evaluate, checkpoint
+            if cfg.eval_steps and step % cfg.eval_steps == 0:
+                metrics["eval/accuracy"] = evaluate_now()
+            if step % cfg.logging_steps == 0 or "eval/accuracy" in metrics:
+                run.log(step, metrics | {"learning_rate": s.scheduler.get_last_lr()[0]})
+                bar.set_postfix(reward=f"{metrics['reward']:.3f}", zero_std=f"{metrics['frac_reward_zero_std']:.2f}")
+            if cfg.save_steps and step % cfg.save_steps == 0:
+                run.save(f"checkpoint-{step}", s.model, s.tokenizer, s.thinking, {"global_step": step}, s.optimizer, s.scheduler)
+        return run.save("final", s.model, s.tokenizer, s.thinking, {"global_step": step, "finished": True}, s.optimizer,
+                        s.scheduler)  # fmt: skip

@@ -1,15 +1,16 @@
 """Supervised training: chain of thought (``discrete``), no-CoT, and the Coconut curriculum.
 
-``latentrl sft --config FILE [key=value ...]``. The loop, top to bottom:
+``latentrl sft --config FILE [key=value ...]``. The loop, top to bottom (``train_sft``):
 
-1. resolve the config; build or load the model; resume from the newest checkpoint if any
-2. for each epoch: pick the curriculum stage; at a stage switch, reset the optimizer
-3. encode the epoch's examples for the stage; iterate shuffled batches (seeded by epoch)
-4. latent forward, cross-entropy on the completion, backward, optimizer step (accelerate)
-5. log every ``logging_steps``; checkpoint every ``save_steps``, at each stage end and at the end
-6. with ``eval_strategy="epoch"``: greedy accuracy on validation problems after every epoch; once
-   the curriculum has reached its last stage, keep the best epoch in ``best/`` and stop after
-   ``early_stopping_patience`` epochs without improvement ("trained to its plateau")
+1. open the run (folder, lock, resume point); build or load the model; the problems
+2. for each epoch: stop at the plateau; pick the curriculum stage, a fresh optimizer at a switch
+3. encode the epoch's examples for the stage; iterate shuffled micro-batches (seeded by epoch)
+4. latent forward, cross-entropy on the completion, backward; every ``gradient_accumulation_steps``
+   micro-batches an optimizer step
+5. log every ``logging_steps`` (the mean loss over them); checkpoint every ``save_steps``
+6. after the epoch: with ``eval_strategy="epoch"`` greedy validation accuracy, the best epoch of
+   the last stage kept in ``best/``; ``stage-<s>`` at each Coconut stage end
+7. ``final/`` (the best epoch with ``load_best_model_at_end``), with why training stopped
 """
 
 from __future__ import annotations
@@ -17,112 +18,19 @@ from __future__ import annotations
 import math
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from accelerate.utils import set_seed
 
-from latentrl.config import save_config
-from latentrl.models import collate, latent_forward, load_checkpoint, save_checkpoint
-from latentrl.models.checkpoint import load_trainer_state
-from latentrl.models.layout import ThinkingConfig, encode_example, stage_plan
-from latentrl.tasks import load_examples
+from latentrl.models import collate, latent_forward, load_checkpoint
+from latentrl.models.layout import ThinkingConfig, check_fits_context, encode_example, model_context_length, stage_plan
 from latentrl.train import common
+from latentrl.train.run import Run, check_finite
+from latentrl.train.sft_config import SFT_FIXED_ON_RESUME, SFTConfig
 
-
-@dataclass
-class SFTConfig:
-    """Config of ``latentrl sft``. Names follow TRL / ``TrainingArguments`` where one exists."""
-
-    output_dir: str = field(default="runs/sft", metadata={"help": "Where checkpoints and logs go."})
-    model_name_or_path: str | None = field(
-        default=None, metadata={"help": "Checkpoint dir or hub id to start from; None builds a tiny model."}
-    )
-    model_family: str = field(default="gpt2", metadata={"help": "Tiny model family: gpt2, llama or qwen2."})
-    n_layer: int = field(default=4, metadata={"help": "Tiny model: layers."})
-    n_embd: int = field(default=128, metadata={"help": "Tiny model: hidden size."})
-    n_head: int = field(default=4, metadata={"help": "Tiny model: attention heads."})
-    max_length: int = field(default=128, metadata={"help": "Tiny model: context length."})
-    dropout: float = field(default=0.0, metadata={"help": "Tiny model: dropout in its native sites."})
-    task: str = field(default="arith", metadata={"help": "Task name (latentrl.tasks) or file format."})
-    data_path: str | None = field(default=None, metadata={"help": "Training file for file formats."})
-    task_kwargs: dict[str, int | float | str] = field(
-        default_factory=dict, metadata={"help": "Generator knobs, e.g. {num_steps: 4}."}
-    )
-    num_train_examples: int | None = field(default=20000, metadata={"help": "Examples (synthetic: generated)."})
-    mode: str = field(default="coconut", metadata={"help": "cot (discrete), nocot or coconut."})
-    c_thought: int = field(default=1, metadata={"help": "Continuous thoughts per replaced language step (c)."})
-    max_latent_stage: int = field(default=4, metadata={"help": "Last curriculum stage."})
-    epochs_per_stage: int = field(default=1, metadata={"help": "Epochs spent at each stage."})
-    start_stage: int = field(default=0, metadata={"help": "Stage of the first epoch (1 after a CoT run)."})
-    final_stage: int | None = field(
-        default=None, metadata={"help": "Cap on the stage: later epochs stay there (None: past max, all steps latent)."}
-    )
-    pad_latent_to_max: bool = field(default=False, metadata={"help": "Past the last stage, pad thoughts to max."})
-    uniform_prob: float = field(default=0.0, metadata={"help": "Chance an example uses a uniformly drawn stage."})
-    reset_optimizer: bool = field(default=True, metadata={"help": "New optimizer at each stage switch."})
-    num_train_epochs: int = field(default=5, metadata={"help": "Epochs in all."})
-    per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per process."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Micro-batches per optimizer step."})
-    learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    max_grad_norm: float = field(default=1.0, metadata={"help": "Gradient clipping norm (0 disables)."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers scheduler name."})
-    warmup_steps: int = field(default=0, metadata={"help": "Warm-up steps of the scheduler."})
-    logging_steps: int = field(default=10, metadata={"help": "Log every N optimizer steps."})
-    save_steps: int = field(default=200, metadata={"help": "Checkpoint every N optimizer steps (0: stage ends only)."})
-    save_total_limit: int = field(default=2, metadata={"help": "checkpoint-* dirs kept."})
-    report_to: list[str] = field(default_factory=lambda: ["jsonl"], metadata={"help": "jsonl, tensorboard."})
-    seed: int = field(default=0, metadata={"help": "Seed of model init, shuffling and (unless data_seed) data."})
-    data_seed: int | None = field(default=None, metadata={"help": "Seed of the problems drawn (None: seed)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after N optimizer steps (-1: no limit)."})
-    max_time_seconds: float | None = field(default=None, metadata={"help": "Stop after this much training time."})
-    eval_strategy: str = field(default="no", metadata={"help": "no, or epoch: greedy validation accuracy after every epoch."})
-    eval_n: int = field(default=500, metadata={"help": "Validation problems (synthetic tasks: the validation split)."})
-    eval_data_path: str | None = field(default=None, metadata={"help": "Validation file for file formats."})
-    early_stopping_patience: int = field(
-        default=0, metadata={"help": "Stop after N evaluations at the last stage without a better accuracy (0: off)."}
-    )
-    load_best_model_at_end: bool = field(
-        default=False, metadata={"help": "final/ holds the best validation epoch of the last stage, not the last one."}
-    )
-    disable_tqdm: bool = field(default=False, metadata={"help": "No progress bars."})
-
-    def __post_init__(self) -> None:
-        if self.mode not in ("cot", "nocot", "coconut"):
-            raise ValueError(f"mode must be cot, nocot or coconut, got {self.mode!r}")
-        if self.model_family not in ("gpt2", "llama", "qwen2"):
-            raise ValueError(f"model_family must be gpt2, llama or qwen2, got {self.model_family!r}")
-        if self.epochs_per_stage < 1 or self.c_thought < 1:
-            raise ValueError("epochs_per_stage and c_thought must be >= 1")
-        if self.eval_strategy not in ("no", "epoch"):
-            raise ValueError(f"eval_strategy must be no or epoch, got {self.eval_strategy!r}")
-        if self.eval_strategy == "no" and (self.early_stopping_patience or self.load_best_model_at_end):
-            raise ValueError("early_stopping_patience and load_best_model_at_end need eval_strategy=epoch")
-        if self.eval_strategy == "epoch" and self.eval_n < 1:
-            raise ValueError(f"eval_n must be >= 1 with eval_strategy=epoch, got {self.eval_n}")
-        if self.load_best_model_at_end and not self.at_last_stage(self.num_train_epochs - 1):
-            raise ValueError("load_best_model_at_end: the curriculum never reaches its last stage in num_train_epochs "
-                             "epochs, so there is no best epoch to keep; add epochs or set final_stage")  # fmt: skip
-
-    @property
-    def thinking_mode(self) -> str:
-        return {"cot": "discrete", "nocot": "nocot", "coconut": "coconut"}[self.mode]
-
-    def stage_of(self, epoch: int) -> int:
-        if self.mode != "coconut":
-            return 0
-        stage = self.start_stage + epoch // self.epochs_per_stage
-        return stage if self.final_stage is None else min(stage, self.final_stage)
-
-    def at_last_stage(self, epoch: int) -> bool:
-        """No later epoch changes the layout (CoT/no-CoT always; Coconut once its stage is final)."""
-        if self.mode != "coconut":
-            return True
-        if self.final_stage is not None:
-            return self.stage_of(epoch) >= self.final_stage
-        return self.stage_of(epoch) > self.max_latent_stage  # past max every step is latent
+__all__ = ["SFTConfig", "encode_epoch", "sft_loss", "train_sft"]
 
 
 def encode_epoch(examples, tokenizer, thinking: ThinkingConfig, cfg: SFTConfig, stage: int, rng: random.Random):
@@ -144,150 +52,179 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
-def inference_latents(cfg: SFTConfig, stage: int) -> int:
-    """Thoughts used at inference after training at ``stage``."""
-    if cfg.mode != "coconut":
-        return 0
-    return min(stage, cfg.max_latent_stage) * cfg.c_thought
+@dataclass
+class SFTProgress:
+    """Where an SFT run is; saved in every checkpoint's ``trainer_state.json``."""
+
+    epoch: int = 0  # the epoch under way (or the next one, at an epoch end)
+    batch_in_epoch: int = 0  # optimizer steps already done in ``epoch``
+    global_step: int = 0
+    stage: int = 0
+    best: dict = field(default_factory=dict)  # {"accuracy", "epoch"} of the best last-stage epoch
+    stopped: str | None = None  # why training ended: epochs, plateau or budget
+    finished: bool = False
 
 
-def _new_optimizer(model, cfg: SFTConfig, total_steps: int):
-    from transformers import get_scheduler
+class SFTLoop:
+    """The state of one SFT run (model, optimizer, progress) and its steps."""
 
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-    sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps)
-    return opt, sched
+    def __init__(self, cfg: SFTConfig, run: Run, model, tokenizer, thinking: ThinkingConfig, steps_per_epoch: int):
+        self.cfg, self.run, self.model, self.tokenizer, self.thinking = cfg, run, model, tokenizer, thinking
+        self.accelerator = run.accelerator
+        self.total_steps = steps_per_epoch * cfg.num_train_epochs if cfg.max_steps < 0 else cfg.max_steps
+        saved = {k: v for k, v in run.resume.state.items() if k in SFTProgress.__dataclass_fields__}
+        self.progress = SFTProgress(**saved) if saved else SFTProgress(stage=cfg.stage_of(0))
+        self.optimizer, self.scheduler = self.new_optimizer()
+        if run.resume.checkpoint is not None:
+            run.restore(self.optimizer, self.scheduler)
+        self.window: list[float] = []  # micro-batch losses since the last log
+        self.batches_in_epoch = 0  # optimizer steps of the current epoch
+        self.tokens_seen, self.t0 = 0, time.perf_counter()
+
+    def new_optimizer(self):
+        from transformers import get_scheduler
+
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total_steps)
+        return opt, sched
+
+    # 2. the stage of an epoch; early stopping and the step / time budget
+    def start_epoch(self, epoch: int) -> None:
+        cfg, p = self.cfg, self.progress
+        stage = cfg.stage_of(epoch)
+        resuming_inside = epoch == p.epoch and p.batch_in_epoch > 0
+        if not resuming_inside and epoch > 0 and stage != cfg.stage_of(epoch - 1) and cfg.reset_optimizer:
+            self.optimizer, self.scheduler = self.new_optimizer()
+        if not resuming_inside:
+            p.batch_in_epoch = 0
+        p.epoch, p.stage = epoch, stage
+
+    def plateau_reached(self, epochs_done: int) -> bool:
+        patience, best = self.cfg.early_stopping_patience, self.progress.best
+        return patience > 0 and bool(best) and epochs_done - best["epoch"] >= patience
+
+    def out_of_budget(self) -> bool:
+        cfg = self.cfg
+        over_time = cfg.max_time_seconds is not None and time.perf_counter() - self.t0 >= cfg.max_time_seconds
+        return 0 <= cfg.max_steps <= self.progress.global_step or over_time
+
+    # 3. the epoch's micro-batches, shuffled by (seed, epoch) so that a resumed run sees the same order
+    def micro_batches(self, examples) -> list:
+        cfg, acc, p = self.cfg, self.accelerator, self.progress
+        seed = cfg.seed * 1000 + p.epoch
+        encoded = encode_epoch(examples, self.tokenizer, self.thinking, cfg, p.stage, random.Random(seed))
+        check_fits_context([len(e.ids) for e in encoded], model_context_length(self.model), cfg.data_path or f"task {cfg.task!r}")
+        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+        shard = order[acc.process_index :: acc.num_processes]
+        micro = [[encoded[j] for j in shard[i : i + cfg.per_device_train_batch_size]]
+                 for i in range(0, len(shard), cfg.per_device_train_batch_size)]  # fmt: skip
+        accum = cfg.gradient_accumulation_steps
+        usable = len(micro) - len(micro) % accum or len(micro)
+        self.batches_in_epoch = usable // accum
+        return micro[p.batch_in_epoch * accum : usable]
+
+    # 4. one micro-batch forward and backward
+    def backward(self, encoded) -> None:
+        b = collate(encoded, self.tokenizer.pad_token_id, self.thinking.latent_token_id)
+        device = self.model.device
+        with self.accelerator.autocast():
+            logits = latent_forward(self.model, b.input_ids.to(device), b.attention_mask.to(device), b.latent_mask.to(device)).logits
+            loss = sft_loss(logits, b.labels.to(device))
+        check_finite(loss, "the loss", self.progress.global_step + 1)
+        (loss / self.cfg.gradient_accumulation_steps).backward()
+        self.window.append(loss.item())
+        self.tokens_seen += int(b.attention_mask.sum())
+
+    def optimizer_step(self) -> None:
+        cfg, p = self.cfg, self.progress
+        common.average_gradients(self.model, self.accelerator)
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf)
+        check_finite(norm, "the gradient norm", p.global_step + 1)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        p.global_step += 1
+        p.batch_in_epoch += 1
+        self.run.bar.update(1)
+        # 5. log (mean loss of the window, over processes) and checkpoint
+        if p.global_step % cfg.logging_steps == 0:
+            loss = common.mean_over_processes({"loss": sum(self.window) / len(self.window)}, self.accelerator)["loss"]
+            self.window = []
+            self.run.log(p.global_step, {"loss": loss, "epoch": p.epoch + p.batch_in_epoch / max(1, self.batches_in_epoch),
+                                         "stage": p.stage, "learning_rate": self.scheduler.get_last_lr()[0],
+                                         "tokens_per_second": self.tokens_seen / (time.perf_counter() - self.t0)})  # fmt: skip
+            self.run.bar.set_postfix(loss=f"{loss:.3f}", stage=p.stage)
+        if cfg.save_steps > 0 and p.global_step % cfg.save_steps == 0:
+            self.save(f"checkpoint-{p.global_step}")
+
+    # 6. after an epoch: validation, the best epoch, the stage checkpoint
+    def end_epoch(self, validation) -> None:
+        cfg, p = self.cfg, self.progress
+        epoch, stage = p.epoch, p.stage
+        p.epoch, p.batch_in_epoch = epoch + 1, 0
+        if cfg.eval_strategy == "epoch":
+            self.thinking.num_latents = cfg.inference_latents(stage)
+            accuracy = common.validation_accuracy(self.model, self.tokenizer, self.thinking, validation, self.accelerator)
+            self.run.log(p.global_step, {"eval/accuracy": accuracy, "epoch": epoch + 1, "stage": stage})
+            if cfg.at_last_stage(epoch) and (not p.best or accuracy > p.best["accuracy"]):
+                p.best = {"accuracy": accuracy, "epoch": epoch + 1}
+                self.save("best")
+        if cfg.mode == "coconut" and (epoch + 1 == cfg.num_train_epochs or cfg.stage_of(epoch + 1) != stage):
+            self.save(f"stage-{stage}")
+
+    def save(self, name: str) -> Path:
+        cfg, p = self.cfg, self.progress
+        self.thinking.num_latents = cfg.inference_latents(p.stage)
+        if cfg.mode == "coconut":
+            self.thinking.curriculum_stage, self.thinking.max_latent_stage = p.stage, cfg.max_latent_stage
+        return self.run.save(name, self.model, self.tokenizer, self.thinking, asdict(p), self.optimizer, self.scheduler)
+
+    # 7. the final checkpoint
+    def finish(self, stopped: str) -> Path:
+        self.progress.stopped, self.progress.finished = stopped, True
+        if self.cfg.load_best_model_at_end and self.progress.best:
+            self.model.load_state_dict(load_checkpoint(self.run.out / "best")[0].state_dict())
+        return self.save("final")
 
 
 def train_sft(cfg: SFTConfig) -> Path:
     """Run supervised training; returns the final checkpoint directory (``output_dir/final``)."""
-    from accelerate import Accelerator
-
-    # 1. config, model, data, resume point
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True lets accelerate run several CPU processes (gloo)
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    common.seed_everything(cfg.seed)
-    resume_dir = common.latest_checkpoint(out)
-    tiny = dict(family=cfg.model_family, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
-                max_length=cfg.max_length, dropout=cfg.dropout)  # fmt: skip
-    start_from = str(resume_dir) if resume_dir else cfg.model_name_or_path
-    model, tokenizer, _ = common.load_or_build(start_from, tiny, cfg.seed)
-    model.to(accelerator.device)
-    thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
-    data_seed = cfg.seed if cfg.data_seed is None else cfg.data_seed
-    examples = load_examples(cfg.task, "train", cfg.num_train_examples, data_seed, cfg.data_path, **cfg.task_kwargs)
-    validation = []
-    if cfg.eval_strategy == "epoch":
-        validation = common.validation_examples(cfg.task, cfg.eval_n, data_seed, cfg.task_kwargs, cfg.eval_data_path)
-    if accelerator.is_main_process:
-        save_config(cfg, out / "config.yaml")
-    state = load_trainer_state(resume_dir) if resume_dir else None
-    start_epoch, skip, global_step = (state["epoch"], state["batch_in_epoch"], state["global_step"]) if state else (0, 0, 0)
-    best = dict(state.get("best", {})) if state else {}  # {"accuracy", "epoch"} of the best last-stage epoch
-    accum, batch = cfg.gradient_accumulation_steps, cfg.per_device_train_batch_size
-    steps_per_epoch = math.ceil(len(examples) / (batch * accelerator.num_processes * accum))
-    total_steps = steps_per_epoch * cfg.num_train_epochs if cfg.max_steps < 0 else cfg.max_steps
-    optimizer, scheduler = _new_optimizer(model, cfg, total_steps)
-    if state:
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        common.set_rng_state(state["rng"])
-    logger = common.RunLogger(out, cfg.report_to, accelerator.is_main_process)
-    show = not cfg.disable_tqdm and accelerator.is_local_main_process
-    bar = tqdm(total=total_steps, initial=global_step, desc=f"sft[{cfg.mode}]", disable=None if show else True)  # None: off when not a terminal
-    stage = cfg.stage_of(start_epoch)
-
-    def checkpoint(path: Path, epoch: int, batch_in_epoch: int, **extra) -> None:
-        accelerator.wait_for_everyone()
-        if accelerator.is_main_process:
-            thinking.num_latents = inference_latents(cfg, stage)
-            if cfg.mode == "coconut":
-                thinking.curriculum_stage, thinking.max_latent_stage = stage, cfg.max_latent_stage
-            trainer_state = dict(epoch=epoch, batch_in_epoch=batch_in_epoch, global_step=global_step, stage=stage, best=best,
-                                 optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(), rng=common.rng_state(), **extra)  # fmt: skip
-            save_checkpoint(path, model, tokenizer, thinking, trainer_state)
-            common.prune_checkpoints(out, cfg.save_total_limit)
-
-    tokens_seen, t0 = 0, time.perf_counter()
-
-    def out_of_budget() -> bool:
-        over_time = cfg.max_time_seconds is not None and time.perf_counter() - t0 >= cfg.max_time_seconds
-        return 0 <= cfg.max_steps <= global_step or over_time
-    def plateau_reached(epochs_done: int) -> bool:
-        patience = cfg.early_stopping_patience
-        return patience > 0 and bool(best) and epochs_done - best["epoch"] >= patience
-
-    stopped, epochs_done = "epochs", start_epoch
-    for epoch in range(start_epoch, cfg.num_train_epochs):
-        if plateau_reached(epoch):  # also when a resumed run had already stopped here
-            stopped = "plateau"
-            break
-        # 2. curriculum stage; a fresh optimizer when the stage switches
-        first = skip if epoch == start_epoch else 0
-        stage = cfg.stage_of(epoch)
-        if first == 0 and epoch > 0 and stage != cfg.stage_of(epoch - 1) and cfg.reset_optimizer:
-            optimizer, scheduler = _new_optimizer(model, cfg, total_steps)
-        # 3. the epoch's data, shuffled by (seed, epoch) so that a resumed run sees the same order
-        encoded = encode_epoch(examples, tokenizer, thinking, cfg, stage, random.Random(cfg.seed * 1000 + epoch))
-        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        shard = order[accelerator.process_index :: accelerator.num_processes]
-        micro = [shard[i : i + batch] for i in range(0, len(shard), batch)]
-        usable = len(micro) - len(micro) % accum or len(micro)
-        model.train()
-        for i in range(first * accum, usable):
-            # 4. forward through the thoughts, loss on the completion, backward; step every `accum`
-            b = collate([encoded[j] for j in micro[i]], tokenizer.pad_token_id, thinking.latent_token_id)
-            with accelerator.autocast():
-                logits = latent_forward(model, b.input_ids.to(model.device), b.attention_mask.to(model.device),
-                                        b.latent_mask.to(model.device)).logits  # fmt: skip
-                loss = sft_loss(logits, b.labels.to(model.device))
-            (loss / accum).backward()
-            tokens_seen += int(b.attention_mask.sum())
-            if (i + 1) % accum:
-                continue
-            common.average_gradients(model, accelerator)
-            if cfg.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            global_step += 1
-            bar.update(1)
-            # 5. log and checkpoint
-            if global_step % cfg.logging_steps == 0:
-                loss_value = accelerator.gather(loss.detach()[None]).mean().item()
-                logger.log(global_step, {"loss": loss_value, "epoch": epoch + (i + 1) / usable, "stage": stage,
-                                         "learning_rate": scheduler.get_last_lr()[0],
-                                         "tokens_per_second": tokens_seen / (time.perf_counter() - t0)})  # fmt: skip
-                bar.set_postfix(loss=f"{loss_value:.3f}", stage=stage)
-            if cfg.save_steps > 0 and global_step % cfg.save_steps == 0:
-                checkpoint(out / f"checkpoint-{global_step}", epoch, (i + 1) // accum)
-            if out_of_budget():
+    with Run(cfg, "sft", SFT_FIXED_ON_RESUME) as run:
+        if run.resume.finished:
+            print(f"sft: {run.out / 'final'} is already complete (nothing to do)")
+            return run.out / "final"
+        # 1. data (a bad file fails before any model loads), model
+        examples = common.train_examples(cfg)
+        validation = common.validation_examples(cfg) if cfg.eval_strategy == "epoch" else []
+        tiny = dict(family=cfg.model_family, n_layer=cfg.n_layer, n_embd=cfg.n_embd, n_head=cfg.n_head,
+                    max_length=cfg.max_length, dropout=cfg.dropout)  # fmt: skip
+        set_seed(cfg.seed)
+        model, tokenizer, _ = common.load_or_build(str(run.resume.checkpoint or cfg.model_name_or_path or ""), tiny, cfg.seed)
+        model.to(run.accelerator.device)
+        thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
+        world_batch = cfg.per_device_train_batch_size * run.accelerator.num_processes * cfg.gradient_accumulation_steps
+        loop = SFTLoop(cfg, run, model, tokenizer, thinking, math.ceil(len(examples) / world_batch))
+        run.progress(loop.total_steps, f"sft[{cfg.mode}]")
+        stopped = "epochs"
+        for epoch in range(loop.progress.epoch, cfg.num_train_epochs):
+            if loop.plateau_reached(epoch):  # also when a resumed run had already stopped here
+                stopped = "plateau"
                 break
-        if out_of_budget():
-            stopped = "budget"
-            break
-        epochs_done = epoch + 1
-        # 6. validation; the best epoch of the last stage (early stopping looks at it next epoch)
-        if cfg.eval_strategy == "epoch":
-            thinking.num_latents = inference_latents(cfg, stage)
-            accuracy = common.validation_accuracy(model, tokenizer, thinking, validation, accelerator)
-            logger.log(global_step, {"eval/accuracy": accuracy, "epoch": epoch + 1, "stage": stage})
-            if cfg.at_last_stage(epoch):
-                if not best or accuracy > best["accuracy"]:
-                    best.update(accuracy=accuracy, epoch=epoch + 1)
-                    checkpoint(out / "best", epoch + 1, 0)
-        checkpoint(out / f"checkpoint-{global_step}", epoch + 1, 0)
-        if cfg.mode == "coconut" and (epoch + 1 == cfg.num_train_epochs or cfg.stage_of(epoch + 1) != stage):
-            checkpoint(out / f"stage-{stage}", epoch + 1, 0)
-    bar.close()
-    if stopped == "epochs" and plateau_reached(epochs_done):
-        stopped = "plateau"
-    final = out / "final"
-    if cfg.load_best_model_at_end and best:
-        model.load_state_dict(load_checkpoint(out / "best")[0].state_dict())
-    checkpoint(final, epochs_done, 0, stopped=stopped)
-    accelerator.wait_for_everyone()  # no process returns before final/ is written
-    logger.close()
-    return final
+            # 2-5. the epoch's optimizer steps
+            loop.start_epoch(epoch)
+            batches = loop.micro_batches(examples)
+            model.train()
+            for i, encoded in enumerate(batches):
+                loop.backward(encoded)
+                if (i + 1) % cfg.gradient_accumulation_steps == 0:
+                    loop.optimizer_step()
+                    if loop.out_of_budget():
+                        break
+            if loop.out_of_budget():
+                stopped = "budget"
+                break
+            loop.end_epoch(validation)  # 6.
+        if stopped == "epochs" and loop.plateau_reached(loop.progress.epoch):
+            stopped = "plateau"
+        return loop.finish(stopped)  # 7.

@@ -1,0 +1,112 @@
+"""The run skeleton: a killed run resumes bit-identically, checkpoints are written where asked, the
+log holds each step once, a crash mid-swap is mended, and what is logged is what was computed."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from latentrl.cli import main
+from latentrl.models.checkpoint import recover_swap
+from latentrl.train.run import read_log
+
+TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=96", "per_device_train_batch_size=16",
+        "disable_tqdm=true", "task_kwargs={num_steps: 2}", "logging_steps=1"]  # fmt: skip
+
+
+def weights(path: Path) -> dict:
+    return AutoModelForCausalLM.from_pretrained(path).state_dict()
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "weights differ"
+
+
+def test_a_run_killed_at_a_random_step_resumes_to_identical_weights(tmp_path):
+    """SIGKILL a real SFT run (a Coconut curriculum, so the kill may fall on either side of a stage switch)
+    when its k-th checkpoint appears, k random; the same command again ends with the weights of an
+    uninterrupted run, and the log holds every step exactly once."""
+    args = [*TINY, "mode=coconut", "start_stage=0", "max_latent_stage=1", "num_train_epochs=3", "save_steps=1"]
+    assert main(["sft", f"output_dir={tmp_path / 'full'}", *args]) == 0
+    total = read_log(tmp_path / "full" / "log.jsonl")[-1]["step"]  # 18 steps: 6 per epoch
+    k = random.Random(os.getpid()).randint(2, total - 3)
+    cmd = [sys.executable, "-m", "latentrl.cli", "sft", f"output_dir={tmp_path / 'cut'}", *args]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (tmp_path / "cut" / f"checkpoint-{k}").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "cut" / "final").exists(), f"the run finished before the kill at checkpoint-{k}"
+    assert subprocess.run(cmd, env=env, capture_output=True).returncode == 0
+    assert_same_weights(tmp_path / "full" / "final", tmp_path / "cut" / "final")
+    steps = [r["step"] for r in read_log(tmp_path / "cut" / "log.jsonl") if "loss" in r]
+    assert steps == list(range(1, total + 1)), f"killed after checkpoint-{k}"
+
+
+def test_checkpoints_only_where_asked_and_a_finished_rerun_changes_nothing(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["sft", f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=2", "save_steps=0"]) == 0
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["final"]  # no per-epoch checkpoint
+    before = {p: p.read_bytes() for p in (out / "final").iterdir()}
+    assert main(["sft", f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=2", "save_steps=0"]) == 0
+    assert "already complete" in capsys.readouterr().out
+    assert {p: p.read_bytes() for p in (out / "final").iterdir()} == before
+    assert main(["sft", f"output_dir={tmp_path / 'b'}", *TINY, "mode=cot", "num_train_epochs=2", "save_steps=4"]) == 0
+    assert sorted(p.name for p in (tmp_path / "b").glob("checkpoint-*")) == ["checkpoint-12", "checkpoint-8"]
+
+
+def test_the_logged_loss_is_the_mean_over_the_logging_window(tmp_path):
+    common = [*TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]
+    assert main(["sft", f"output_dir={tmp_path / 'a'}", *common]) == 0
+    assert main(["sft", f"output_dir={tmp_path / 'b'}", *common, "logging_steps=3"]) == 0
+    each = [r["loss"] for r in read_log(tmp_path / "a" / "log.jsonl")]
+    windows = read_log(tmp_path / "b" / "log.jsonl")
+    assert [r["step"] for r in windows] == [3, 6]
+    for r in windows:
+        assert r["loss"] == pytest.approx(sum(each[r["step"] - 3 : r["step"]]) / 3, rel=1e-6)
+
+
+def test_a_crash_between_the_two_renames_of_a_checkpoint_is_mended(tmp_path):
+    stage = tmp_path / "stage-1"
+    (tmp_path / "stage-1.old").mkdir()
+    (tmp_path / "stage-1.old" / "model.safetensors").write_text("previous")
+    (tmp_path / "stage-1.tmp").mkdir()  # the new copy never completed
+    recover_swap(stage)
+    assert (stage / "model.safetensors").read_text() == "previous"
+    assert not (tmp_path / "stage-1.old").exists() and not (tmp_path / "stage-1.tmp").exists()
+
+
+def test_an_explicit_resume_with_a_new_learning_rate_uses_it(tmp_path):
+    out = tmp_path / "run"
+    base = [f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=2", "save_steps=3"]
+    assert main(["sft", *base, "max_steps=3"]) == 0
+    assert main(["sft", *base, "learning_rate=0.0005", "resume_from_checkpoint=true"]) == 0
+    log = [r for r in read_log(out / "log.jsonl") if "loss" in r]
+    assert [r["learning_rate"] for r in log] == [1e-3] * 3 + [5e-4] * 9
+    assert (out / "config-resume-3.yaml").exists()
+    assert "learning_rate: 0.001" in (out / "config.yaml").read_text()  # the original stays as it was
+    assert json.loads((out / "run.json").read_text())["configs"] == ["config.yaml", "config-resume-3.yaml"]
+
+
+def test_grpo_logs_no_timing_of_work_it_did_not_do(tmp_path):
+    sft = tmp_path / "sft"
+    assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
+    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
+              "per_device_train_batch_size=8", "max_completion_length=8", "task_kwargs={num_steps: 2}",
+              "disable_tqdm=true", "max_steps=1", "save_steps=0", "exploration=none"]  # fmt: skip
+    assert main(["grpo", f"output_dir={tmp_path / 'a'}", *common]) == 0
+    assert "time/old_ref_logprob" not in read_log(tmp_path / "a" / "log.jsonl")[0]
+    assert main(["grpo", f"output_dir={tmp_path / 'b'}", *common, "beta=0.1"]) == 0
+    assert read_log(tmp_path / "b" / "log.jsonl")[0]["time/old_ref_logprob"] > 0
