@@ -92,8 +92,9 @@ def test_older_file_without_optional_keys_loads(tmp_path: Path) -> None:
     ("change", "pattern"),
     [
         ({"thinking_mode": None}, r"missing key 'thinking_mode'"),
-        ({"thinking_mode": "latent"}, r"thinking_mode must be one of discrete, nocot, coconut, got 'latent'"),
-        ({"thinking_mode": "soft"}, r"thinking_mode 'soft' is not implemented yet"),
+        ({"thinking_mode": "latent"}, r"thinking_mode must be one of discrete, nocot, coconut, soft, got 'latent'"),
+        ({"soft_top_k": 0}, r"soft_top_k must be an integer >= 1, got 0"),
+            ({"end_of_thinking": ""}, r"end_of_thinking must be null or a non-empty token string"),
         ({"num_latents": -1}, r"num_latents must be an integer >= 0, got -1"),
         ({"num_latents": 2.0}, r"num_latents must be an integer >= 0, got 2.0"),
         ({"thoughts_per_step": 0}, r"thoughts_per_step must be an integer >= 1, got 0"),
@@ -136,9 +137,14 @@ def test_checkpoint_error_is_what_the_cli_reports() -> None:
     assert issubclass(CheckpointError, IncompatibleModelError) and issubclass(CheckpointError, ValueError)
 
 
-def test_soft_cannot_be_constructed_either() -> None:
-    with pytest.raises(ValueError, match="'soft' is not implemented yet"):
-        ThinkingConfig("soft")
+def test_soft_is_a_mode_of_its_own() -> None:
+    """Soft thinking no longer runs silently as Coconut: its prompt has no latent markers."""
+    _, tok = tiny()
+    from latentrl.models.layout import encode_prompt
+
+    soft = ThinkingConfig().with_soft(tok)
+    assert encode_prompt(tok, "1+2", soft) == encode_prompt(tok, "1+2", ThinkingConfig())
+    assert soft.end_of_thinking_id == tok.convert_tokens_to_ids("#")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,7 +57,8 @@ def test_eval_writes_metrics_and_predictions(trained):
     assert metrics["mean_latent_tokens"] == 4.0
     rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 6
-    assert set(rows[0]) == {"question", "answer", "prompt_ids", "completion_ids", "completion", "prediction", "correct"}
+    assert set(rows[0]) == {"question", "answer", "prompt_ids", "completion_ids", "completion", "thinking_steps", "prediction",
+                            "correct"}
     meta = json.loads((coconut / "final" / "latentrl.json").read_text())
     assert rows[0]["prompt_ids"].count(meta["latent_token_id"]) == 4
     assert metrics["accuracy"] == sum(r["correct"] for r in rows) / 6

@@ -9,14 +9,17 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import torch
 
 from latentrl.exploration import Exploration
-from latentrl.models import Generation, generate, latent_forward
+from latentrl.models import Generation
 from latentrl.models.layout import ThinkingConfig, encode_prompt
+from latentrl.models.thinking import thinking_mode
+from latentrl.models.thinking.logprobs import LogProbs
+from latentrl.models.thinking.soft import SoftTrace
 from latentrl.rewards import RewardError
 
 RewardFunc = Callable[..., list[float]]
@@ -40,17 +43,27 @@ class Rollout:
     thoughts: torch.Tensor | None  # [B, K, D] fed-back states of the rollout
     old_logps: torch.Tensor | None = None  # [B, T] under the policy that generated it
     ref_logps: torch.Tensor | None = None  # [B, T] under the frozen reference
+    soft: SoftTrace | None = None  # soft thinking: the kept ids and perturbed logits of every thinking step
+    loss_mask: torch.Tensor | None = None  # [B, T] positions that are actions (None: completion_mask)
 
     def select(self, rows: torch.Tensor | slice) -> "Rollout":
         """The sub-record of ``rows`` (a minibatch for the update)."""
-        pick = lambda x: None if x is None else x[rows]  # noqa: E731
-        completions = [self.completions[i] for i in torch.arange(len(self.completions))[rows].tolist()]
-        return Rollout(
-            pick(self.prompt_ids), pick(self.prompt_mask), pick(self.latent_mask), pick(self.completion_ids),
-            pick(self.completion_mask), pick(self.seeds), pick(self.rewards),
-            {k: v[rows] for k, v in self.reward_parts.items()}, pick(self.advantages), completions,
-            pick(self.truncated), pick(self.thoughts), pick(self.old_logps), pick(self.ref_logps),
-        )  # fmt: skip
+        picked = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "completions":
+                value = [value[i] for i in torch.arange(len(value))[rows].tolist()]
+            elif f.name == "reward_parts":
+                value = {k: v[rows] for k, v in value.items()}
+            elif value is not None:
+                value = value.select(rows) if isinstance(value, SoftTrace) else value[rows]
+            picked[f.name] = value
+        return Rollout(**picked)
+
+    @property
+    def action_mask(self) -> torch.Tensor:
+        """``[B, T]`` the completion positions the policy loss counts."""
+        return self.completion_mask if self.loss_mask is None else self.loss_mask
 
 
 MAX_ABS_REWARD = 1e6  # larger rewards make advantages and policy-gradient terms that overflow float32
@@ -156,33 +169,25 @@ def roll_out(
     model, tokenizer, thinking: ThinkingConfig, examples, *, num_generations: int, max_completion_length: int,
     temperature: float, top_p: float, exploration: Exploration, seeds: torch.Tensor, generator: torch.Generator,
 ) -> tuple[Generation, list[str]]:  # fmt: skip
-    """Generate ``num_generations`` rollouts of each example; returns the generation and decoded texts."""
+    """Generate ``num_generations`` rollouts of each example in the checkpoint's thinking mode;
+    returns the generation and decoded texts."""
     prompts = [encode_prompt(tokenizer, ex.question, thinking) for ex in examples]
-    gen = generate(
-        model, prompts, latent_token_id=thinking.latent_token_id, eos_token_id=tokenizer.eos_token_id,
+    gen = thinking_mode(thinking.thinking_mode).generate(
+        model, prompts, thinking, exploration=exploration, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, num_generations=num_generations, max_new_tokens=max_completion_length,
-        temperature=temperature, top_p=top_p, exploration=exploration, seeds=seeds, generator=generator,
+        temperature=temperature, top_p=top_p, seeds=seeds, generator=generator,
     )  # fmt: skip
     return gen, gen.decode(tokenizer)
 
 
-@dataclass
-class LogProbs:
-    logps: torch.Tensor  # [B, T] log pi(token) of each completion token
-    entropy: torch.Tensor  # [B, T] entropy of the token distribution
+def replaying_mode(record):
+    """The mode that recomputes ``record``'s log-probs: soft thinking when it recorded soft steps, else
+    the latent forward (discrete, no-CoT and Coconut alike)."""
+    return thinking_mode("soft" if getattr(record, "soft", None) is not None else "coconut")
 
 
 def completion_logps(model, r: Rollout, exploration: Exploration, temperature: float = 1.0) -> LogProbs:
-    """Log-probs of the completion tokens given the prompt and the latent trajectory recomputed under
-    the rollout's recorded noise (``r.seeds``); gradients flow through the trajectory."""
-    ids = torch.cat([r.prompt_ids, r.completion_ids], dim=1)  # [B, P+T]
-    mask = torch.cat([r.prompt_mask, r.completion_mask], dim=1)  # [B, P+T]
-    latent = torch.cat([r.latent_mask, torch.zeros_like(r.completion_mask, dtype=torch.bool)], dim=1)
-    P = r.prompt_ids.shape[1]
-    with exploration.session(model, r.seeds):
-        logits = latent_forward(model, ids, mask, latent, exploration).logits[:, P - 1 : -1]  # [B, T, V]
-    logits = logits.float() / (temperature if temperature > 0 else 1.0)
-    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T, V]
-    logps = logp_all.gather(-1, r.completion_ids[..., None]).squeeze(-1)  # [B, T]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T]
-    return LogProbs(logps, entropy)
+    """Log-probs of the completion positions given the prompt and the thinking replayed from the record
+    (latent trajectory under the recorded noise, or the soft steps' recorded inputs); gradients flow
+    through the latent trajectory, not through the soft mixtures."""
+    return replaying_mode(r).completion_logps(model, r, exploration, temperature)

@@ -15,14 +15,14 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
-from latentrl.config import Config
+from latentrl.models.thinking.args import ThinkingArgs
 from latentrl.eval.metrics import mean_maj_at_k, mean_pass_at_k
-from latentrl.models import ThinkingConfig, encode_prompt, generate
+from latentrl.models import ThinkingConfig, encode_prompt
 from latentrl.models.layout import check_fits_context, model_context_length
 from latentrl.rewards import answers_match, extract_answer, normalize_answer
 
 
-class EvalConfig(Config):
+class EvalConfig(ThinkingArgs):
     """Config of ``latentrl eval``."""
 
     checkpoint: str = Field("", description="Checkpoint directory (or hub id).")
@@ -45,6 +45,10 @@ class EvalConfig(Config):
     task_kwargs: dict[str, int | float | str] = Field({}, description="Generator knobs.")
     out: str = Field("runs/eval", min_length=1, description="Output directory.")
     progress: bool = Field(True, description="Progress bars (off inside training).")
+    exploration: Literal["none", "gumbel"] = Field(
+        "none", description="Soft thinking: none (plain Soft Thinking) or gumbel (Gumbel-Softmax noise at gumbel_tau)."
+    )
+    gumbel_tau: float = Field(0.1, gt=0, description="Gumbel-Softmax temperature (exploration=gumbel).")
 
 
 @dataclass
@@ -62,66 +66,95 @@ def ks_up_to(samples: int) -> list[int]:
     return ks + [samples]
 
 
+@dataclass
+class Generated:
+    """Per row (problem x sample) of a batched evaluation run."""
+
+    texts: list[str]
+    completion_ids: list[list[int]]
+    answer_tokens: list[int]  # completion tokens that are not soft thinking steps
+    thinking_steps: list[int]  # soft thinking steps or latent thoughts
+
+
 def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float,
-                         desc: str, exploration=None):  # fmt: skip
-    gen_kwargs = dict(latent_token_id=thinking.latent_token_id, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, max_new_tokens=cfg.max_new_tokens,
-                      temperature=temperature, top_p=cfg.top_p)  # fmt: skip
+                         desc: str, exploration=None) -> Generated:  # fmt: skip
+    from latentrl.exploration import make_exploration
+    from latentrl.models.thinking import thinking_mode
+
+    mode = thinking_mode(thinking.thinking_mode)
+    if exploration is None:
+        exploration = make_exploration(cfg.exploration, **({"tau": cfg.gumbel_tau} if cfg.exploration == "gumbel" else {}))
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     per_batch = max(1, cfg.batch_size // samples)
-    texts, completion_ids, lengths = [], [], []
+    out = Generated([], [], [], [])
     for i in tqdm(range(0, len(prompts), per_batch), desc=desc, leave=False, disable=None if cfg.progress else True):
         chunk = prompts[i : i + per_batch]
-        seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # mask j of problem p: seed p*M + j + 1
-        gen = generate(model, chunk, num_generations=samples, generator=generator, exploration=exploration,
-                       seeds=seeds, **gen_kwargs)  # fmt: skip
-        texts += gen.decode(tokenizer)
-        completion_ids += gen.completion_lists()
-        lengths += gen.completion_mask.sum(1).tolist()
-    return texts, completion_ids, lengths
+        seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # sample j of problem p: seed p*M + j + 1
+        gen = mode.generate(model, chunk, thinking, exploration=exploration, eos_token_id=tokenizer.eos_token_id,
+                            pad_token_id=tokenizer.pad_token_id, num_generations=samples, max_new_tokens=cfg.max_new_tokens,
+                            temperature=temperature, top_p=cfg.top_p, seeds=seeds, generator=generator)  # fmt: skip
+        steps = gen.thinking_steps()
+        out.texts += gen.decode(tokenizer)
+        out.completion_ids += gen.completion_lists()
+        out.thinking_steps += steps.tolist()
+        soft = gen.soft.soft_mask.sum(1) if gen.soft is not None else torch.zeros_like(steps)
+        out.answer_tokens += (gen.completion_mask.sum(1) - soft).tolist()
+    return out
 
 
 def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConfig) -> EvalResult:
-    """Greedy run for accuracy and predictions; ``cfg.samples`` sampled runs for pass@k and maj@k."""
+    """Greedy run for accuracy and predictions; ``cfg.samples`` sampled runs for pass@k and maj@k.
+
+    Tokens used: ``mean_thinking_steps`` (latent thoughts or soft steps) and ``mean_answer_tokens``
+    (the completion's tokens, chain of thought included in discrete mode), ``mean_tokens`` their sum.
+    """
     model.eval()
     prompts = [encode_prompt(tokenizer, ex.question, thinking, cfg.num_latents) for ex in examples]
     where = f"{cfg.data_path or cfg.task or 'the examples'} (prompt + max_new_tokens)"
     check_fits_context([len(p) + cfg.max_new_tokens for p in prompts], model_context_length(model), where)
-    latents = [sum(t == thinking.latent_token_id for t in p) for p in prompts]
-    texts, completion_ids, lengths = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy")
+    greedy = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy")
     predictions, correct = [], []
-    for ex, prompt, text, ids in zip(examples, prompts, texts, completion_ids):
+    for ex, prompt, text, ids, steps in zip(examples, prompts, greedy.texts, greedy.completion_ids, greedy.thinking_steps):
         pred = extract_answer(text)
         ok = answers_match(pred, ex.answer)
         correct.append(ok)
         predictions.append(dict(question=ex.question, answer=ex.answer, prompt_ids=prompt, completion_ids=ids,
-                                completion=text, prediction=pred, correct=ok))  # fmt: skip
+                                completion=text, thinking_steps=steps, prediction=pred, correct=ok))  # fmt: skip
     n = len(examples)
+    thinking_steps, answer_tokens = sum(greedy.thinking_steps), sum(greedy.answer_tokens)
     metrics = {
         "n": n,
         "accuracy": sum(correct) / n,
-        "mean_latent_tokens": sum(latents) / n,
-        "mean_completion_tokens": sum(lengths) / n,
-        "mean_tokens": (sum(latents) + sum(lengths)) / n,  # thoughts count as generated tokens
-        "num_latents": max(latents) if latents else 0,
+        "mean_thinking_steps": thinking_steps / n,
+        "mean_answer_tokens": answer_tokens / n,
+        "mean_tokens": (thinking_steps + answer_tokens) / n,  # thoughts and soft steps count as generated tokens
+        "mean_latent_tokens": thinking_steps / n if thinking.thinking_mode == "coconut" else 0.0,
+        "mean_completion_tokens": sum(len(c) for c in greedy.completion_ids) / n,
+        "num_latents": max(greedy.thinking_steps) if thinking.thinking_mode == "coconut" and n else 0,
         "thinking_mode": thinking.thinking_mode,
     }
     if cfg.samples > 1:
-        texts, _, lengths = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, cfg.samples, cfg.temperature, "sampled")
-        K = cfg.samples
-        preds = [[extract_answer(t) for t in texts[i * K : (i + 1) * K]] for i in range(n)]
-        hits = [[answers_match(p, ex.answer) for p in row] for row, ex in zip(preds, examples)]
-        normed = [[normalize_answer(p) if p is not None else None for p in row] for row in preds]
-        golds = [ex.answer for ex in examples]
-        for k in ks_up_to(K):
-            metrics[f"pass@{k}"] = mean_pass_at_k(hits, k)
-            metrics[f"maj@{k}"] = mean_maj_at_k(normed, golds, k, match=answers_match)
-        metrics["samples"] = K
-        metrics["sample_temperature"] = cfg.temperature
-        metrics["mean_sampled_tokens"] = (sum(latents) * K + sum(lengths)) / (n * K)
+        metrics.update(sampled_metrics(model, tokenizer, thinking, prompts, examples, cfg))
     if cfg.mc_masks > 0:
         metrics.update(bma_metrics(model, tokenizer, thinking, prompts, examples, cfg))
     return EvalResult(metrics, predictions)
+
+
+def sampled_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) -> dict:
+    """pass@k (unbiased, from all samples) and maj@k (mean over disjoint blocks of k samples)."""
+    K, n = cfg.samples, len(examples)
+    sampled = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, K, cfg.temperature, "sampled")
+    preds = [[extract_answer(t) for t in sampled.texts[i * K : (i + 1) * K]] for i in range(n)]
+    hits = [[answers_match(p, ex.answer) for p in row] for row, ex in zip(preds, examples)]
+    normed = [[normalize_answer(p) if p is not None else None for p in row] for row in preds]
+    golds = [ex.answer for ex in examples]
+    metrics = {"samples": K, "sample_temperature": cfg.temperature,
+               "mean_sampled_tokens": (sum(sampled.thinking_steps) + sum(sampled.answer_tokens)) / (n * K),
+               "mean_sample_accuracy": sum(map(sum, hits)) / (n * K)}  # fmt: skip
+    for k in ks_up_to(K):
+        metrics[f"pass@{k}"] = mean_pass_at_k(hits, k)
+        metrics[f"maj@{k}"] = mean_maj_at_k(normed, golds, k, match=answers_match)
+    return metrics
 
 
 def greedy_accuracy(model, tokenizer, thinking: ThinkingConfig, examples, max_new_tokens: int = 64) -> float:
@@ -137,7 +170,7 @@ def bma_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) 
 
     M = cfg.mc_masks
     dropout = DropoutExploration(p=cfg.mc_dropout_p, scope="rollout", sites=tuple(cfg.mc_dropout_sites))
-    texts, _, _ = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, M, 0.0, "bma", exploration=dropout)
+    texts = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, M, 0.0, "bma", exploration=dropout).texts
     single, voted = 0, 0
     for i, ex in enumerate(examples):
         preds = [extract_answer(t) for t in texts[i * M : (i + 1) * M]]
@@ -176,6 +209,10 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     task = cfg.task or "jsonl"
     examples = load_examples(task, cfg.split, cfg.n, cfg.seed, cfg.data_path, **cfg.task_kwargs)
     model, tokenizer, thinking = load_checkpoint(cfg.checkpoint)
+    thinking = cfg.thinking_for(thinking, tokenizer, model.get_input_embeddings().num_embeddings)
+    if cfg.exploration == "gumbel" and thinking.thinking_mode != "soft":
+        raise ValueError(f"exploration=gumbel perturbs soft thinking steps; the checkpoint is {thinking.thinking_mode!r} "
+                         "(add thinking_mode=soft)")  # fmt: skip
     result = evaluate(model, tokenizer, thinking, examples, cfg)
     write_eval(result, cfg.out)
     return result

@@ -42,21 +42,29 @@ class NoExploration:
     def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
         return h
 
+    def soft_logits(self, p: torch.Tensor, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
+        """Plain Soft Thinking: ``g' = log p~`` and ``tau = 1``, so the weights are ``p~`` itself."""
+        return torch.log(p), 1.0
+
 
 from latentrl.exploration.dropout import DropoutExploration  # noqa: E402
 from latentrl.exploration.gaussian import GaussianExploration  # noqa: E402
+from latentrl.exploration.gumbel import GumbelExploration  # noqa: E402
 
-EXPLORATIONS = {"none": NoExploration, "dropout": DropoutExploration, "gaussian": GaussianExploration}
+EXPLORATIONS = {"none": NoExploration, "dropout": DropoutExploration, "gaussian": GaussianExploration,
+                "gumbel": GumbelExploration}  # fmt: skip
+SOFT_EXPLORATIONS = ("none", "gumbel")  # the sources that act on soft thinking steps
 
 
 def make_exploration(name: str, **kwargs) -> Exploration:
     """An exploration source by name: ``none``, ``dropout`` (p, scope, sites, cover_prefill,
-    cover_answer) or ``gaussian`` (sigma, scope)."""
+    cover_answer), ``gaussian`` (sigma, scope) or ``gumbel`` (tau, clamp; soft thinking)."""
     if name not in EXPLORATIONS:
         raise ValueError(f"unknown exploration {name!r}; choose one of {sorted(EXPLORATIONS)}")
     return EXPLORATIONS[name](**kwargs)
 
 
 __all__ = [
-    "EXPLORATIONS", "DropoutExploration", "Exploration", "GaussianExploration", "NoExploration", "make_exploration",
+    "EXPLORATIONS", "SOFT_EXPLORATIONS", "DropoutExploration", "Exploration", "GaussianExploration", "GumbelExploration",
+    "NoExploration", "make_exploration",
 ]  # fmt: skip

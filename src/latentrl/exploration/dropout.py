@@ -24,51 +24,12 @@ from dataclasses import dataclass
 
 import torch
 
+from latentrl.exploration.stream import GAMMA, SITE_IDS, hash_uniform, splitmix64  # noqa: F401  (re-exported)
+
 SITES = ("thought", "mlp", "attn", "block")
 SCOPES = ("rollout", "step")
 PHASES = ("prefill", "latent", "answer")
-SITE_IDS = {"thought": 0, "mlp": 1, "attn": 2, "block": 3, "gauss_a": 4, "gauss_b": 5}
 PHASE_STEP = {"prefill": -1, "answer": -2}  # step ids of the non-latent phases under scope "step"
-
-
-# ---------------------------------------------------------------- the counter-based hash
-
-
-def _signed(c: int) -> int:
-    """A 64-bit constant as the int64 with the same bits."""
-    return c - (1 << 64) if c >= 1 << 63 else c
-
-
-GAMMA = _signed(0x9E3779B97F4A7C15)  # splitmix64's increment (golden ratio)
-MIX1 = _signed(0xBF58476D1CE4E5B9)
-MIX2 = _signed(0x94D049BB133111EB)
-
-
-def _shr(z: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 bits (torch's ``>>`` is arithmetic on negatives)."""
-    return (z >> k) & ((1 << (64 - k)) - 1)
-
-
-def splitmix64(z: torch.Tensor) -> torch.Tensor:
-    """splitmix64's output function on int64 tensors; products wrap modulo 2**64."""
-    z = z + GAMMA
-    z = (z ^ _shr(z, 30)) * MIX1
-    z = (z ^ _shr(z, 27)) * MIX2
-    return z ^ _shr(z, 31)
-
-
-def hash_uniform(seeds: torch.Tensor, site: int, layer: int, step: int, width: int) -> torch.Tensor:
-    """Uniforms in ``[0, 1)`` (multiples of 2**-24, float32): ``seeds [B]`` -> ``[B, width]``.
-
-    Row ``b`` depends only on ``seeds[b]`` and the integers ``(site, layer, step, unit)``, and the
-    bits are the same on every device.
-    """
-    key = splitmix64(seeds.long())  # [B]
-    for part in (site, layer, step):
-        key = splitmix64(key ^ part)
-    units = torch.arange(width, dtype=torch.long, device=seeds.device)  # [W]
-    z = splitmix64(key[:, None] + units[None, :] * GAMMA)  # [B, W]
-    return _shr(z, 40).to(torch.float32) * 2.0**-24
 
 
 def dropout_mask(seeds: torch.Tensor, p: float, site: int, layer: int, step: int, width: int) -> torch.Tensor:

@@ -16,7 +16,8 @@ from dataclasses import dataclass
 
 import torch
 
-from latentrl.exploration.dropout import PHASES, SCOPES, SITE_IDS, hash_uniform
+from latentrl.exploration.dropout import PHASES, SCOPES
+from latentrl.exploration.stream import SITE_IDS, hash_uniform
 
 
 def hash_normal(seeds: torch.Tensor, layer: int, step: int, width: int) -> torch.Tensor:

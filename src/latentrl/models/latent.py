@@ -19,6 +19,7 @@ from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.exploration import Exploration, NoExploration
+from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
 
 
 # The forward's KV-cache argument: transformers 5.24 renamed ``past_key_values=`` to ``cache=`` (the old
@@ -59,8 +60,16 @@ def latent_forward(
     latent_mask: torch.Tensor,  # [B, L] bool, True at <|latent|> slots
     exploration: Exploration | None = None,
     last_only: bool = False,
+    prompt_len: int | None = None,
 ) -> LatentOutput:
-    """Forward with continuous thoughts; gradients flow through every thought."""
+    """Forward with continuous thoughts; gradients flow through every thought.
+
+    The loop passes each part's phase to the exploration source: ``prefill`` before the first latent
+    column, ``latent`` at each latent column, ``answer`` after the last. Without latent columns and
+    with ``prompt_len`` (the completion follows the prompt), the prompt is the prefill and the rest
+    the answer; the two run as two cached forwards only when a source is active, so that a plain
+    forward stays one call.
+    """
     exploration = exploration or NoExploration()
     embed = model.get_input_embeddings()
     embeds = embed(input_ids)  # [B, L, D]
@@ -69,9 +78,13 @@ def latent_forward(
     columns = latent_mask.any(0).nonzero().flatten()  # [K]
     L = input_ids.shape[1]
     if len(columns) == 0:
+        split = prompt_len if prompt_len is not None and 0 < prompt_len < L and not isinstance(exploration, NoExploration) else L
         exploration.set_phase("prefill")
-        out = _step(model, embeds, attention_mask, positions, cache, last_only)
-        return LatentOutput(out.logits, cache, None, None)
+        parts = [_step(model, embeds[:, :split], attention_mask[:, :split], positions[:, :split], cache, last_only).logits]
+        if split < L:
+            exploration.set_phase("answer")
+            parts.append(_step(model, embeds[:, split:], attention_mask, positions[:, split:], cache, last_only).logits)
+        return LatentOutput(parts[-1] if last_only else torch.cat(parts, dim=1), cache, None, None)
     first, last = int(columns[0]), int(columns[-1])
     if first == 0:
         raise ValueError("a latent slot cannot be the first column: it needs a previous hidden state")
@@ -129,6 +142,13 @@ class Generation:
     truncated: torch.Tensor  # [B] bool, no eos within max_new_tokens
     thoughts: torch.Tensor | None  # [B, K, D]
     seeds: torch.Tensor  # [B] exploration seed of each row
+    soft: "SoftTrace | None" = None  # soft thinking: what its thinking steps recorded (None in other modes)
+
+    def thinking_steps(self) -> torch.Tensor:
+        """``[B]`` thinking steps per row: latent thoughts, or soft steps."""
+        if self.soft is not None:
+            return self.soft.soft_mask.sum(1)
+        return self.latent_mask.sum(1)
 
     def completion_lists(self) -> list[list[int]]:
         """Each row's completion ids, eos included, padding dropped."""
@@ -182,7 +202,8 @@ def generate(
         next_pos = position_ids_from_mask(prompt_mask)[:, -1:] + 1  # [B, 1]
         tokens, logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
-        for _ in range(max_new_tokens):
+        for t in range(max_new_tokens):
+            exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             tok = sample_next(logits, temperature, top_p, generator)
             tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
             scaled = logits.float() / (temperature if temperature > 0 else 1.0)

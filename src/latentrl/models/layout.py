@@ -21,13 +21,14 @@ from typing import Any, Literal
 import torch
 
 from latentrl.models.build import CheckpointError
+from latentrl.models.thinking.coconut import stage_plan  # noqa: F401  (the curriculum lives with its mode)
 from latentrl.models.tokenizer import END_LATENT, LATENT, START_LATENT
 from latentrl.tasks.base import DataError
 
 ThinkingMode = Literal["discrete", "nocot", "coconut", "soft"]
 THINKING_MODES = ("discrete", "nocot", "coconut", "soft")  # every mode the format names
-IMPLEMENTED_MODES = ("discrete", "nocot", "coconut")  # the modes that run ("soft" is reserved)
-LATENT_MODES = ("coconut", "soft")  # modes whose prompt holds the latent markers
+IMPLEMENTED_MODES = THINKING_MODES
+LATENT_MODES = ("coconut",)  # modes whose prompt holds the latent markers
 LATENT_ID_KEYS = {"start_latent_token_id": START_LATENT, "latent_token_id": LATENT, "end_latent_token_id": END_LATENT}
 ANSWER_PREFIX = "### "
 METADATA_FILE = "latentrl.json"
@@ -44,8 +45,6 @@ def thinking_field_error(fields: Mapping[str, Any]) -> str | None:
     :func:`validate_for_tokenizer`'s job.
     """
     mode = fields.get("thinking_mode")
-    if mode == "soft":
-        return f"thinking_mode 'soft' is not implemented yet; use one of {', '.join(IMPLEMENTED_MODES)}"
     if mode not in IMPLEMENTED_MODES:
         return f"thinking_mode must be one of {', '.join(IMPLEMENTED_MODES)}, got {mode!r}"
     for key in LATENT_ID_KEYS:
@@ -64,7 +63,30 @@ def thinking_field_error(fields: Mapping[str, Any]) -> str | None:
     for key in ("answer_prefix", "prompt_layout", "completion_layout"):
         if not isinstance(fields.get(key), str):
             return f"{key} must be a string, got {fields.get(key)!r}"
+    return soft_field_error(fields)
+
+
+def soft_field_error(fields: Mapping[str, Any]) -> str | None:
+    """The first fault of the soft thinking fields, or None."""
+    checks = {
+        "soft_top_k": lambda v: _is_int(v) and v >= 1, "soft_top_p": lambda v: _is_number(v) and 0 < v <= 1,
+        "soft_temperature": lambda v: _is_number(v) and v > 0, "cold_stop_entropy": lambda v: _is_number(v) and v >= 0,
+        "cold_stop_window": lambda v: _is_int(v) and v >= 1,
+        "max_thinking_steps": lambda v: v is None or (_is_int(v) and v >= 0),
+        "end_of_thinking": lambda v: v is None or (isinstance(v, str) and v != ""),
+        "end_of_thinking_id": lambda v: v is None or (_is_int(v) and v >= 0),
+    }  # fmt: skip
+    needs = {"soft_top_k": "an integer >= 1", "soft_top_p": "in (0, 1]", "soft_temperature": "> 0",
+             "cold_stop_entropy": ">= 0", "cold_stop_window": "an integer >= 1", "max_thinking_steps": "null or an integer >= 0",
+             "end_of_thinking": "null or a non-empty token string", "end_of_thinking_id": "null or a token id"}  # fmt: skip
+    for key, ok in checks.items():
+        if key in fields and not ok(fields[key]):
+            return f"{key} must be {needs[key]}, got {fields[key]!r}"
     return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -84,6 +106,15 @@ class ThinkingConfig:
         default="question + '\\n' [+ <|start-latent|> + <|latent|> * num_latents + <|end-latent|>]"
     )
     completion_layout: str = "steps (each + '\\n', discrete mode) + '### ' + answer + eos"
+    # soft thinking (thinking_mode "soft"): DESIGN §2.3
+    soft_top_k: int = 5  # ids kept per thinking step
+    soft_top_p: float = 0.95  # then the smallest prefix of them reaching this mass
+    soft_temperature: float = 1.0  # T of p = softmax(logits / T) at thinking steps
+    max_thinking_steps: int | None = None  # cap on soft steps (None: the completion length cap)
+    end_of_thinking: str | None = None  # the token that ends thinking (None: the first token of answer_prefix)
+    end_of_thinking_id: int | None = None  # its id in the tokenizer (set by with_soft)
+    cold_stop_entropy: float = 0.0  # Cold Stop: end thinking after cold_stop_window steps under this entropy (0: off)
+    cold_stop_window: int = 256
 
     def __post_init__(self) -> None:
         error = thinking_field_error(asdict(self))
@@ -96,6 +127,30 @@ class ThinkingConfig:
         if any(i is None or i == tokenizer.unk_token_id for i in ids):
             raise ValueError("tokenizer lacks the latent special tokens; call add_latent_tokens first")
         return cls(thinking_mode, *ids, thoughts_per_step=thoughts_per_step, num_latents=num_latents)
+
+    def with_soft(self, tokenizer, **keys) -> "ThinkingConfig":
+        """This config in soft thinking mode, with the soft keys given, ``end_of_thinking`` resolved to
+        its token id (ValueError naming the string when the tokenizer does not encode it as one token)."""
+        from dataclasses import replace
+
+        cfg = replace(self, thinking_mode="soft", **{k: v for k, v in keys.items() if v is not None})
+        text = cfg.end_of_thinking or cfg.answer_prefix.strip()[:1] or cfg.answer_prefix
+        ids = tokenizer(text, add_special_tokens=False).input_ids
+        if cfg.end_of_thinking is None and len(ids) > 1:  # the answer prefix's first token
+            ids = ids[:1]
+        if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
+            raise ValueError(f"end_of_thinking {text!r} is not one token of this tokenizer (it encodes to {ids}); "
+                             "give a string that is a single token, e.g. '</think>' for a chat model")  # fmt: skip
+        return replace(cfg, end_of_thinking_id=ids[0])
+
+    def soft_settings(self):
+        """The soft thinking loop's settings (``latentrl.models.thinking.SoftSettings``)."""
+        from latentrl.models.thinking.soft import SoftSettings
+
+        if self.end_of_thinking_id is None:
+            raise ValueError("soft thinking needs end_of_thinking_id: build the config with ThinkingConfig.with_soft")
+        return SoftSettings(self.soft_top_k, self.soft_top_p, self.soft_temperature, self.max_thinking_steps,
+                            self.end_of_thinking_id, self.cold_stop_entropy, self.cold_stop_window)  # fmt: skip
 
     def save(self, directory: str | os.PathLike) -> None:
         Path(directory, METADATA_FILE).write_text(json.dumps(asdict(self), indent=2) + "\n")
@@ -213,24 +268,16 @@ def completion_text(steps: list[str] | tuple[str, ...], answer: str, answer_pref
 def encode_prompt(tokenizer, question: str, cfg: ThinkingConfig, num_latents: int | None = None) -> list[int]:
     """Token ids of the prompt, including the latent markers and placeholders of latent modes."""
     ids = tokenizer(prompt_text(question), add_special_tokens=False).input_ids
-    if cfg.thinking_mode in LATENT_MODES:
+    if _mode(cfg).latent_markers:
         k = cfg.num_latents if num_latents is None else num_latents
         ids = ids + [cfg.start_latent_token_id] + [cfg.latent_token_id] * k + [cfg.end_latent_token_id]
     return ids
 
 
-def stage_plan(num_steps: int, stage: int, max_latent_stage: int, c: int, pad_latent_to_max: bool) -> tuple[int, int]:
-    """Curriculum stage -> ``(steps removed, latent thoughts)`` for an example of ``num_steps`` steps.
+def _mode(cfg: ThinkingConfig):
+    from latentrl.models.thinking import thinking_mode
 
-    Stage ``s <= max_latent_stage`` replaces the first ``s`` language steps by ``s * c`` thoughts;
-    past ``max_latent_stage`` every step is removed and the thoughts stay at
-    ``min(num_steps, max_latent_stage) * c``, or ``max_latent_stage * c`` with ``pad_latent_to_max``.
-    """
-    if stage > max_latent_stage:
-        k = max_latent_stage if pad_latent_to_max else min(num_steps, max_latent_stage)
-        return num_steps, k * c
-    removed = min(stage, num_steps)
-    return removed, removed * c
+    return thinking_mode(cfg.thinking_mode)
 
 
 def encode_example(
@@ -239,9 +286,10 @@ def encode_example(
     """Encode a training example: the first ``removed_steps`` language steps dropped and
     ``num_latents`` thoughts in the prompt (latent modes); ``nocot`` drops every step."""
     steps = list(steps)
-    if cfg.thinking_mode == "nocot":
+    mode = _mode(cfg)
+    if not mode.keeps_steps:
         steps = []
-    elif cfg.thinking_mode in LATENT_MODES:
+    elif mode.latent_markers:
         steps = steps[removed_steps:]
     else:
         num_latents = 0

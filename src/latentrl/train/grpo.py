@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
 from latentrl.models.layout import check_fits_context, encode_prompt, model_context_length
+from latentrl.models.thinking import thinking_mode
 from latentrl.rollout import Rollout, completion_logps, roll_out, score
 from latentrl.train import common
 from latentrl.train.grpo_config import GRPO_FIXED_ON_RESUME, GRPOConfig, load_reward_func
@@ -57,7 +58,20 @@ def group_diagnostics(rollout: Rollout, G: int) -> dict[str, float]:
         dist = torch.cdist(traj, traj)  # [N, G, G]
         out["latent/trajectory_distance"] = (dist.sum((1, 2)) / (G * (G - 1))).mean().item()
         out["latent/thought_norm"] = rollout.thoughts.norm(dim=-1).mean().item()
+    if rollout.soft is not None:
+        out |= soft_diagnostics(rollout.soft)
     return out
+
+
+def soft_diagnostics(trace) -> dict[str, float]:
+    """Thinking length, entropy of p at the soft steps, and the share of steps whose chosen token (the
+    Gumbel-max id) is not the top-1 id."""
+    steps = trace.soft_mask.sum()
+    per_step = lambda x: (x.float() * trace.soft_mask).sum().item() / max(1, int(steps))  # noqa: E731
+    weights = trace.weights()  # [B, T, k]
+    mixture_entropy = -(weights * weights.clamp(min=1e-12).log()).sum(-1)  # [B, T]
+    return {"soft/thinking_steps": trace.soft_mask.sum(1).float().mean().item(), "soft/entropy": per_step(trace.entropy),
+            "soft/mixture_entropy": per_step(mixture_entropy), "soft/frac_not_top1": per_step(trace.differs_from_top1)}  # fmt: skip
 
 
 def grpo_step_metrics(rollout: Rollout, G: int) -> dict[str, float]:
@@ -98,11 +112,13 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
         advantages = group_advantages(all_rewards, G, cfg.scale_rewards)[start : start + len(rewards)]
     else:
         advantages = group_advantages(rewards, G, cfg.scale_rewards)
-    mask = gen.completion_mask
-    if cfg.mask_truncated_completions:
-        mask = mask * (~gen.truncated)[:, None].long()
-    rollout = Rollout(gen.prompt_ids, gen.prompt_mask, gen.latent_mask, gen.completion_ids, mask, gen.seeds,
-                      rewards, parts, advantages, texts, gen.truncated, gen.thoughts)  # fmt: skip
+    kept = (~gen.truncated)[:, None].long() if cfg.mask_truncated_completions else torch.ones_like(gen.truncated[:, None]).long()
+    actions = thinking_mode(thinking.thinking_mode).loss_mask(gen, exploration)  # [B, T]
+    rollout = Rollout(prompt_ids=gen.prompt_ids, prompt_mask=gen.prompt_mask, latent_mask=gen.latent_mask,
+                      completion_ids=gen.completion_ids, completion_mask=gen.completion_mask * kept, seeds=gen.seeds,
+                      rewards=rewards, reward_parts=parts, advantages=advantages, completions=texts,
+                      truncated=gen.truncated, thoughts=gen.thoughts, soft=gen.soft,
+                      loss_mask=None if actions is gen.completion_mask else actions * kept)  # fmt: skip
     return rollout, time.perf_counter() - t
 
 
@@ -124,7 +140,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
     rows were all dropped: the collectives must match. Returned metrics are global.
     """
     world, mb, rows = accelerator.num_processes if accelerator else 1, cfg.per_device_train_batch_size, len(rollout.seeds)
-    n_rows, n_tokens = common.sum_over_processes([rows, int(rollout.completion_mask.sum())], accelerator)
+    n_rows, n_tokens = common.sum_over_processes([rows, int(rollout.action_mask.sum())], accelerator)
     B, tokens = max(1, int(n_rows)), torch.tensor(max(1.0, n_tokens))
     metrics: dict[str, float] = {}
     timings = {"time/logprob": 0.0, "time/backward": 0.0}
@@ -135,7 +151,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             with autocast(accelerator):
                 lp = completion_logps(model, part, exploration, cfg.temperature)
             timings["time/logprob"] += time.perf_counter() - t
-            loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.completion_mask, part.ref_logps,
+            loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.action_mask, part.ref_logps,
                                   cfg.beta, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, cfg.importance_sampling_level,
                                   cfg.max_completion_length, num_items_in_batch=tokens)  # fmt: skip
             if cfg.loss_type != "dapo":
@@ -145,7 +161,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             t = time.perf_counter()
             loss.backward()
             timings["time/backward"] += time.perf_counter() - t
-            m["entropy"] = (lp.entropy * part.completion_mask).sum().item() / max(1, part.completion_mask.sum().item())
+            m["entropy"] = (lp.entropy * part.action_mask).sum().item() / max(1, part.action_mask.sum().item())
             for k, v in m.items():  # micro-batch values -> this process's mean over its rows
                 metrics[k] = metrics.get(k, 0.0) + v * len(part.seeds) / (rows * cfg.num_iterations)
             # the batch loss is the mean over processes of the scaled micro-batch losses' sums; stored
@@ -231,6 +247,9 @@ def build_setup(cfg: GRPOConfig, run: Run) -> GRPOSetup:
     pool, validation = common.train_examples(cfg), common.validation_examples(cfg) if cfg.eval_steps else []
     set_seed(cfg.seed)
     model, tokenizer, thinking = common.load_or_build(str(run.resume.checkpoint or cfg.model_name_or_path), {}, cfg.seed)
+    thinking = cfg.thinking_for(thinking, tokenizer, model.get_input_embeddings().num_embeddings)
+    if cfg.exploration == "gumbel" and thinking.thinking_mode != "soft":
+        raise ValueError(f"exploration=gumbel needs soft thinking; the checkpoint is {thinking.thinking_mode!r} (set thinking_mode=soft)")
     model.to(acc.device)
     lengths = [len(encode_prompt(tokenizer, ex.question, thinking)) + cfg.max_completion_length for ex in pool]
     check_fits_context(lengths, model_context_length(model), f"task {cfg.task!r} prompts", what="prompt + max_completion_length")

@@ -1,0 +1,38 @@
+"""What discrete, no-CoT and Coconut thinking share: generation and log-prob recomputation through
+the latent forward (``latentrl.models.latent``), whose thinking loop is the ``<|latent|>`` recurrence.
+
+In discrete modes the prompt has no ``<|latent|>`` slot, so the same loop is plain decoding; the
+recomputation runs the prompt as the prefill phase and the completion as the answer phase.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latentrl.models.latent import generate, latent_forward
+
+
+class LatentForwardThinking:
+    """Generation and recomputation through ``latent_forward`` (the base of the three modes)."""
+
+    name = "discrete"
+    latent_markers = False
+    keeps_steps = True
+
+    def generate(self, model, prompts, thinking, *, exploration, **decode):
+        return generate(model, prompts, latent_token_id=thinking.latent_token_id, exploration=exploration, **decode)
+
+    def completion_logps(self, model, record, exploration, temperature: float):
+        from latentrl.models.thinking.logprobs import LogProbs, token_logps
+
+        ids = torch.cat([record.prompt_ids, record.completion_ids], dim=1)  # [B, P+T]
+        mask = torch.cat([record.prompt_mask, record.completion_mask], dim=1)  # [B, P+T]
+        latent = torch.cat([record.latent_mask, torch.zeros_like(record.completion_mask, dtype=torch.bool)], dim=1)
+        P = record.prompt_ids.shape[1]
+        with exploration.session(model, record.seeds):
+            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P).logits[:, P - 1 : -1]  # [B, T, V]
+        logps, entropy = token_logps(logits, record.completion_ids, temperature)
+        return LogProbs(logps, entropy)
+
+    def loss_mask(self, record, exploration) -> torch.Tensor:
+        return record.completion_mask

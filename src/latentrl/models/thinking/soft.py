@@ -1,0 +1,245 @@
+"""Soft thinking (Zhang et al. 2025) and SofT-GRPO's reparameterised log-prob (Zheng & Lee 2025).
+
+A thinking step feeds back a mixture of token embeddings instead of one token (DESIGN §2.3)::
+
+    p   = softmax(z_t / T)                          next-token distribution of step t      [B, V]
+    idx, p~ = top-k of p, then the smallest prefix reaching top_p, renormalised             [B, k]
+    g'  = log(p~ + 1e-6) + clamp(Gumbel(0, 1), -1.5, 3)     (exploration=gumbel)           [B, k]
+    g'  = log p~                                             (exploration=none: Soft Thinking)
+    y'  = softmax(g' / tau)                                  (tau = gumbel_tau, or 1)
+    e_t = sum_i y'_i E[idx_i]                                next input                      [B, D]
+    token_t = idx[argmax g']          the step's token: a Gumbel-max sample of p~ (top-1 without noise)
+
+Thinking ends when ``token_t`` is the end-of-thinking token (then fed as an ordinary token), at
+``max_thinking_steps``, or by Cold Stop (entropy of p below ``cold_stop_entropy`` for
+``cold_stop_window`` consecutive steps). The answer that follows is ordinary sampled tokens.
+Ids dropped by top-p keep their column with ``g' = -inf`` (weight 0, never chosen, not in the log-prob).
+
+In the update the inputs are rebuilt from the recorded ``(idx, g')`` and detached; one forward over
+the whole sequence gives every step's logits (the inputs no longer depend on the outputs), and a
+step's log-prob is the Gumbel log-density of its recorded noise (``soft_token_logprob``).
+
+Shape legend: ``B`` rows, ``V`` vocabulary, ``k`` kept ids, ``D`` hidden size, ``P`` prompt
+columns, ``T`` completion positions (thinking steps, then answer tokens).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from transformers import DynamicCache
+
+EPS = 1e-6  # the reference's log(p + 1e-6)
+
+
+# ---------------------------------------------------------------------------------------------- the math
+
+
+def filter_top_k_top_p(logits: torch.Tensor, k: int, top_p: float, temperature: float = 1.0):
+    """``logits [B, V]`` -> ``(idx [B, k], p~ [B, k], entropy [B])``: the k most likely ids, those past
+    the smallest prefix reaching ``top_p`` given weight 0, the rest renormalised; entropy of the full p."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)  # [B, V]
+    entropy = -(logp.exp() * logp).sum(-1)  # [B]
+    top_logp, idx = logp.topk(k, dim=-1)  # [B, k], descending
+    top = top_logp.exp()  # [B, k]
+    outside = top.cumsum(-1) - top >= top_p  # the first id is always kept
+    p = top.masked_fill(outside, 0.0)
+    return idx, p / p.sum(-1, keepdim=True), entropy
+
+
+def mixture_embedding(table: torch.Tensor, idx: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """``e = sum_i w_i E[idx_i]``: ``table [V, D]``, ``idx [..., k]``, ``weights [..., k]`` -> ``[..., D]``."""
+    return torch.einsum("...k,...kd->...d", weights.to(table.dtype), table[idx])
+
+
+def soft_token_logprob(
+    logits: torch.Tensor,  # [B, V] logits of the step under theta
+    ids: torch.Tensor,  # [B, k] the recorded kept ids
+    noisy_logits: torch.Tensor,  # [B, k] the recorded g' (-inf: an id top-p dropped)
+    temperature: float = 1.0,
+    reduce: str = "mean",
+    clamp: tuple[float, float] | None = (-1.5, 3.0),
+    min_logp: float | None = -3.0,
+) -> torch.Tensor:  # [B]
+    """Log-density of a soft thinking step's recorded Gumbel noise under theta (SofT-GRPO)::
+
+        p^_i = softmax(logits / T) renormalised over the recorded ids
+        z_i  = clamp(g'_i - log(p^_i + 1e-6), lo, hi)        (``clamp=None``: no clamp)
+        l_i  = -z_i - exp(-z_i)                              (the Gumbel(0, 1) log-density at z_i)
+        log pi(step) = mean (``reduce="sum"``: sum) of l_i over the ids with log p^_i > min_logp
+                       (``min_logp=None``: every recorded id)
+
+    Gradients reach theta through p^. A step with no id left by the filter has log-prob 0. After
+    the ``[B, V]`` log-softmax the ``[B, k]`` arithmetic runs in float64 (exp(-z) is steep without
+    the clamp); the result is float32.
+    """
+    kept = torch.isfinite(noisy_logits)  # [B, k]
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, ids).double()  # [B, k]
+    log_p_hat = torch.log_softmax(logp.masked_fill(~kept, float("-inf")), dim=-1)  # [B, k]
+    z = noisy_logits.double() - torch.log(log_p_hat.exp() + EPS)  # [B, k]
+    if clamp is not None:
+        z = z.clamp(*clamp)
+    ell = -z - torch.exp(-z)  # [B, k]
+    use = kept if min_logp is None else kept & (log_p_hat > min_logp)  # [B, k]
+    total = torch.where(use, ell, torch.zeros_like(ell)).sum(-1)  # [B]
+    if reduce not in ("mean", "sum"):
+        raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
+    return (total if reduce == "sum" else total / use.sum(-1).clamp(min=1)).float()
+
+
+# ---------------------------------------------------------------------------------------------- records
+
+
+@dataclass
+class SoftSettings:
+    """How soft thinking runs (the ``soft_*`` keys of ``latentrl.json``, eval and grpo)."""
+
+    top_k: int = 5
+    top_p: float = 0.95
+    temperature: float = 1.0
+    max_thinking_steps: int | None = None  # None: up to the completion length cap
+    end_of_thinking_id: int | None = None
+    cold_stop_entropy: float = 0.0  # 0: off
+    cold_stop_window: int = 256
+    logprob_reduce: str = "mean"
+    logprob_clamp: tuple[float, float] | None = (-1.5, 3.0)
+    logprob_min: float | None = -3.0
+
+
+@dataclass
+class SoftTrace:
+    """What a batch of soft rollouts recorded to replay its thinking steps exactly."""
+
+    soft_mask: torch.Tensor  # [B, T] bool, True at soft thinking steps
+    ids: torch.Tensor  # [B, T, k] kept ids of each step (zeros off the soft steps)
+    noisy_logits: torch.Tensor  # [B, T, k] g' of each step
+    tau: float  # y' = softmax(g' / tau)
+    settings: SoftSettings
+    entropy: torch.Tensor  # [B, T] entropy of p at each soft step (0 elsewhere)
+    differs_from_top1: torch.Tensor  # [B, T] bool, the step's token is not the top-1 id
+    stochastic: bool = True  # the steps carry noise (a policy's actions); False: plain Soft Thinking
+
+    def select(self, rows) -> "SoftTrace":
+        return SoftTrace(self.soft_mask[rows], self.ids[rows], self.noisy_logits[rows], self.tau, self.settings,
+                         self.entropy[rows], self.differs_from_top1[rows], self.stochastic)  # fmt: skip
+
+    def weights(self) -> torch.Tensor:  # [B, T, k]
+        return torch.softmax(self.noisy_logits / self.tau, dim=-1).nan_to_num(0.0)
+
+
+# ---------------------------------------------------------------------------------------------- the loop
+
+
+@torch.no_grad()
+def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noise, seeds, eos_token_id: int,
+                  pad_token_id: int, max_new_tokens: int, temperature: float, top_p: float, generator=None):  # fmt: skip
+    """Soft thinking then answer decoding, batched, on the KV cache.
+
+    Each position t holds, per row, a soft thinking step (mixture input), the end-of-thinking token,
+    an answer token, or padding after eos. Returns ``(tokens [B, T], sample_logps [B, T], trace)``.
+    """
+    from latentrl.models.latent import CACHE_KWARG, position_ids_from_mask, sample_next
+
+    table = model.get_input_embeddings().weight  # [V, D]
+    B, device = prompt_ids.shape[0], prompt_ids.device
+    cache = DynamicCache(config=model.config)
+    positions = position_ids_from_mask(prompt_mask)
+    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
+                logits_to_keep=1, **{CACHE_KWARG: cache})  # fmt: skip
+    logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1
+    state = _LoopState.start(B, device, settings, max_new_tokens)
+    for t in range(max_new_tokens):
+        idx, p, entropy = filter_top_k_top_p(logits, settings.top_k, settings.top_p, settings.temperature)
+        g, tau = noise.soft_logits(p, seeds, t)  # [B, k]
+        answer = sample_next(logits, temperature, top_p, generator)  # [B]
+        tok, soft_now = state.advance(t, idx, g, entropy, answer, logits, temperature, eos_token_id, pad_token_id)
+        if bool(state.done.all()):
+            break
+        x = torch.where(soft_now[:, None], mixture_embedding(table, idx, torch.softmax(g / tau, -1).nan_to_num(0.0)),
+                        table[tok])  # [B, D]  fmt: skip
+        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+        out = model(inputs_embeds=x[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
+                    **{CACHE_KWARG: cache})  # fmt: skip
+        logits, next_pos = out.logits[:, -1], next_pos + 1
+    from latentrl.exploration import NoExploration
+
+    return state.finish(tau, settings, stochastic=not isinstance(noise, NoExploration))
+
+
+@dataclass
+class _LoopState:
+    """Per-row phase of the soft loop and what it has recorded so far."""
+
+    thinking: torch.Tensor  # [B] bool
+    done: torch.Tensor  # [B] bool
+    low_entropy_run: torch.Tensor  # [B] consecutive steps under the Cold Stop threshold
+    steps: torch.Tensor  # [B] soft steps taken
+    settings: SoftSettings
+    cap: int
+    record: dict
+
+    @classmethod
+    def start(cls, B: int, device, settings: SoftSettings, max_new_tokens: int) -> "_LoopState":
+        false = torch.zeros(B, dtype=torch.bool, device=device)
+        cap = settings.max_thinking_steps if settings.max_thinking_steps is not None else max_new_tokens
+        keys = ("tokens", "logps", "soft", "ids", "noisy", "entropy", "differs")
+        return cls(~false, false.clone(), torch.zeros(B, dtype=torch.long, device=device),
+                   torch.zeros(B, dtype=torch.long, device=device), settings, cap, {k: [] for k in keys})  # fmt: skip
+
+    def advance(self, t, idx, g, entropy, answer, logits, temperature, eos_id, pad_id):
+        """Choose each row's token at position t and update the phases; returns ``(tok [B], soft_now [B])``."""
+        s = self.settings
+        step_tok = idx.gather(-1, g.argmax(-1, keepdim=True)).squeeze(-1)  # [B] Gumbel-max (or top-1) id
+        self.low_entropy_run = torch.where(entropy < s.cold_stop_entropy, self.low_entropy_run + 1, 0)
+        forced = (self.steps >= self.cap) | ((s.cold_stop_entropy > 0) & (self.low_entropy_run >= s.cold_stop_window))
+        ends = self.thinking & ((step_tok == s.end_of_thinking_id) | (step_tok == eos_id) | forced)
+        soft_now = self.thinking & ~ends
+        ends_with = torch.where(step_tok == eos_id, step_tok, torch.full_like(step_tok, s.end_of_thinking_id))
+        tok = torch.where(soft_now, step_tok, torch.where(ends, ends_with, answer))
+        tok = torch.where(self.done, torch.full_like(tok, pad_id), tok)
+        scaled = logits.float() / (temperature if temperature > 0 else 1.0)
+        logp = torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1)
+        r = self.record
+        r["tokens"].append(tok)
+        r["logps"].append(torch.where(soft_now | self.done, torch.zeros_like(logp), logp))
+        r["soft"].append(soft_now)
+        r["ids"].append(torch.where(soft_now[:, None], idx, torch.zeros_like(idx)))
+        r["noisy"].append(torch.where(soft_now[:, None], g, torch.zeros_like(g)))
+        r["entropy"].append(torch.where(soft_now, entropy, torch.zeros_like(entropy)))
+        r["differs"].append(soft_now & (step_tok != idx[:, 0]))
+        self.steps = self.steps + soft_now.long()
+        self.done = self.done | (~self.thinking & (tok == eos_id)) | (ends & (step_tok == eos_id))
+        self.thinking = soft_now
+        return tok, soft_now
+
+    def finish(self, tau: float, settings: SoftSettings, stochastic: bool):
+        r = {k: torch.stack(v, dim=1) for k, v in self.record.items()}  # [B, T, ...]
+        trace = SoftTrace(r["soft"], r["ids"], r["noisy"], tau, settings, r["entropy"], r["differs"], stochastic)
+        return r["tokens"], r["logps"], trace
+
+
+def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace):
+    """Logits of every completion position ``[B, T, V]`` with the soft steps' inputs rebuilt from the
+    record and detached: one forward over prompt + completion."""
+    from latentrl.models.latent import position_ids_from_mask
+
+    embed = model.get_input_embeddings()
+    ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
+    mask = torch.cat([prompt_mask, completion_mask], dim=1)  # [B, P+T]
+    x = embed(ids)  # [B, P+T, D]
+    P = prompt_ids.shape[1]
+    mix = mixture_embedding(embed.weight, trace.ids, trace.weights()).detach()  # [B, T, D]
+    x = torch.cat([x[:, :P], torch.where(trace.soft_mask[..., None], mix, x[:, P:])], dim=1)
+    out = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask))
+    return out.logits[:, P - 1 : -1]  # [B, T, V]
+
+
+def soft_step_logps(logits: torch.Tensor, trace: SoftTrace) -> torch.Tensor:
+    """``soft_token_logprob`` at every position: ``logits [B, T, V]`` -> ``[B, T]`` (use where ``soft_mask``)."""
+    s = trace.settings
+    B, T, V = logits.shape
+    flat = soft_token_logprob(logits.reshape(B * T, V), trace.ids.reshape(B * T, -1),
+                              trace.noisy_logits.reshape(B * T, -1).masked_fill(~trace.soft_mask.reshape(B * T, 1), float("-inf")),
+                              s.temperature, s.logprob_reduce, s.logprob_clamp, s.logprob_min)  # fmt: skip
+    return flat.view(B, T)

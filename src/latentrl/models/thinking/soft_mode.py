@@ -1,0 +1,53 @@
+"""Soft thinking as a thinking mode: generation through ``soft_generate``, recomputation from the record.
+
+The prompt is the discrete one (``question "\\n"``); the completion holds the soft thinking steps,
+the end-of-thinking token and the answer. Its text is the thinking steps' recorded tokens (the top-1
+or Gumbel-max id of each step) followed by the answer, so with ``soft_top_k=1`` it is exactly the
+discrete greedy completion.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latentrl.models.thinking.logprobs import LogProbs, token_logps
+from latentrl.models.thinking.soft import soft_completion_logits, soft_generate, soft_step_logps
+
+
+class SoftThinking:
+    name = "soft"
+    latent_markers = False
+    keeps_steps = True
+
+    def generate(self, model, prompts, thinking, *, exploration, eos_token_id, pad_token_id, num_generations=1,
+                 max_new_tokens=64, temperature=0.0, top_p=1.0, seeds=None, generator=None):  # fmt: skip
+        from latentrl.models.latent import Generation, left_pad
+
+        if not hasattr(exploration, "soft_logits"):
+            raise ValueError(f"thinking_mode 'soft' takes exploration none or gumbel, not {type(exploration).__name__}")
+        rows = [p for p in prompts for _ in range(num_generations)]
+        prompt_ids, prompt_mask = (t.to(model.device) for t in left_pad(rows, pad_token_id))
+        seeds = torch.zeros(len(rows), dtype=torch.long) if seeds is None else seeds
+        tokens, logps, trace = soft_generate(model, prompt_ids, prompt_mask, settings=thinking.soft_settings(),
+                                             noise=exploration, seeds=seeds, eos_token_id=eos_token_id,
+                                             pad_token_id=pad_token_id, max_new_tokens=max_new_tokens,
+                                             temperature=temperature, top_p=top_p, generator=generator)  # fmt: skip
+        is_eos = (tokens == eos_token_id) & ~trace.soft_mask
+        after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+        tokens = tokens.masked_fill(after_eos, pad_token_id)
+        no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)
+        return Generation(prompt_ids, prompt_mask, no_latent, tokens, (~after_eos).long(), logps.masked_fill(after_eos, 0.0),
+                          ~is_eos.any(1), None, seeds, soft=trace)  # fmt: skip
+
+    def completion_logps(self, model, record, exploration, temperature: float):
+        logits = soft_completion_logits(model, record.prompt_ids, record.prompt_mask, record.completion_ids,
+                                        record.completion_mask, record.soft)  # fmt: skip
+        answer, entropy = token_logps(logits, record.completion_ids, temperature)  # [B, T]
+        thinking = soft_step_logps(logits, record.soft)  # [B, T]
+        return LogProbs(torch.where(record.soft.soft_mask, thinking, answer), entropy)
+
+    def loss_mask(self, record, exploration) -> torch.Tensor:
+        """Without noise a soft step is no action (it is a function of the prefix): only the tokens count."""
+        if not record.soft.stochastic:
+            return record.completion_mask * (~record.soft.soft_mask).long()
+        return record.completion_mask

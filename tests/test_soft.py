@@ -1,0 +1,252 @@
+"""Soft thinking and SofT-GRPO: the Gumbel log-density against a naive re-implementation, top-k = 1
+against discrete decoding, the cached loop against a full recompute, replayed noise, the on-policy
+gradient identity, the phases passed by the loop, and bad input through the CLI."""
+
+import itertools
+import math
+
+import pytest
+import torch
+
+from latentrl.cli import main
+from latentrl.exploration import GumbelExploration, NoExploration
+from latentrl.exploration.gumbel import gumbel_noise
+from latentrl.losses import policy_loss
+from latentrl.models import ThinkingConfig, build_tiny_model
+from latentrl.models.layout import encode_prompt
+from latentrl.models.thinking import soft_token_logprob, thinking_mode
+from latentrl.models.thinking.soft import filter_top_k_top_p
+from latentrl.rollout import completion_logps
+from latentrl.tasks import load_examples
+
+
+def naive_soft_logprob(logits, ids, noisy, temperature, reduce, clamp, min_logp):
+    """DESIGN §2.3 written out per row and per id, in float64, with math's functions."""
+    out = []
+    for b in range(logits.shape[0]):
+        p = torch.softmax(logits[b].double() / temperature, -1)
+        kept = [i for i in range(ids.shape[1]) if math.isfinite(float(noisy[b, i]))]
+        total = sum(float(p[ids[b, i]]) for i in kept)
+        values = []
+        for i in kept:
+            p_hat = float(p[ids[b, i]]) / total
+            z = float(noisy[b, i]) - math.log(p_hat + 1e-6)
+            if clamp is not None:
+                z = min(max(z, clamp[0]), clamp[1])
+            if min_logp is None or math.log(p_hat) > min_logp:
+                values.append(-z - math.exp(-z))
+        out.append(sum(values) / max(1, len(values)) if reduce == "mean" else sum(values))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(("reduce", "clamp", "min_logp", "temperature"),
+                         list(itertools.product(["mean", "sum"], [(-1.5, 3.0), None], [-3.0, None], [1.0, 0.7])))  # fmt: skip
+def test_soft_token_logprob_matches_a_naive_reimplementation(reduce, clamp, min_logp, temperature):
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 11, generator=g) * 2
+    ids = torch.stack([torch.randperm(11, generator=g)[:4] for _ in range(6)])
+    noisy = torch.randn(6, 4, generator=g) * 2 - 1
+    noisy[1, 3] = float("-inf")  # an id top-p dropped
+    got = soft_token_logprob(logits, ids, noisy, temperature, reduce, clamp, min_logp)
+    want = naive_soft_logprob(logits, ids, noisy, temperature, reduce, clamp, min_logp)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)
+
+
+def test_top_k_then_top_p_by_hand():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    idx, p, _ = filter_top_k_top_p(logits, k=3, top_p=0.75)
+    assert idx.tolist() == [[0, 1, 2]]
+    torch.testing.assert_close(p, torch.tensor([[0.625, 0.375, 0.0]]))  # 0.5 + 0.3 reach 0.75: the third is dropped
+
+
+def test_gumbel_noise_is_a_function_of_the_row_seed_and_clamped():
+    a = gumbel_noise(torch.tensor([3, 5, 7]), step=2, width=5)
+    b = gumbel_noise(torch.tensor([7, 3]), step=2, width=5)
+    assert torch.equal(a[2], b[0]) and torch.equal(a[0], b[1])
+    assert not torch.equal(a, gumbel_noise(torch.tensor([3, 5, 7]), step=3, width=5))
+    many = gumbel_noise(torch.arange(4000), 0, 8)
+    assert many.min() >= -1.5 and many.max() <= 3.0
+    # the mean of a Gumbel clamped to [-1.5, 3], from its density f(x) = exp(-x - exp(-x)) on a fine grid
+    x = torch.linspace(-1.5, 3.0, 200001, dtype=torch.float64)
+    f = torch.exp(-x - torch.exp(-x))
+    F = lambda v: math.exp(-math.exp(-v))  # noqa: E731
+    mean = torch.trapezoid(x * f, x).item() - 1.5 * F(-1.5) + 3.0 * (1 - F(3.0))
+    assert abs(many.mean().item() - mean) < 4 * 1.3 / math.sqrt(many.numel())
+
+
+def tiny(family="gpt2", seed=0):
+    model, tok = build_tiny_model(family=family, n_layer=2, n_embd=32, n_head=2, seed=seed)
+    return model.eval(), tok
+
+
+def soft_config(tok, **keys):
+    return ThinkingConfig().with_soft(tok, **keys)
+
+
+def prompts_of(tok, n=3):
+    return [encode_prompt(tok, ex.question, ThinkingConfig()) for ex in load_examples("arith", "test", n, 0, num_steps=2)]
+
+
+def decode(model, tok, thinking, prompts, exploration, **kw):
+    return thinking_mode(thinking.thinking_mode).generate(
+        model, prompts, thinking, exploration=exploration, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        **{"max_new_tokens": 12, "temperature": 0.0, **kw})  # fmt: skip
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_soft_thinking_with_top_1_is_discrete_greedy_decoding(family):
+    model, tok = tiny(family)
+    prompts = prompts_of(tok)
+    discrete = decode(model, tok, ThinkingConfig(), prompts, NoExploration())
+    soft = decode(model, tok, soft_config(tok, soft_top_k=1), prompts, NoExploration())
+    assert torch.equal(soft.completion_ids, discrete.completion_ids)
+    assert torch.equal(soft.completion_mask, discrete.completion_mask)
+    # the recomputation sees the same inputs, so every position's log-probs agree too
+    a = completion_logps(model, discrete, NoExploration())
+    b = thinking_mode("discrete").completion_logps(model, soft, NoExploration(), 1.0)  # the tokens' own log-probs
+    torch.testing.assert_close(a.logps, b.logps, atol=1e-6, rtol=0)
+    from latentrl.models.thinking.soft import soft_completion_logits
+
+    mixed = soft_completion_logits(model, soft.prompt_ids, soft.prompt_mask, soft.completion_ids, soft.completion_mask, soft.soft)
+    plain = torch.log_softmax(mixed.float(), -1).gather(-1, soft.completion_ids[..., None]).squeeze(-1)
+    torch.testing.assert_close(plain * soft.completion_mask, a.logps * discrete.completion_mask, atol=1e-5, rtol=0)
+
+
+def test_the_cached_soft_loop_equals_a_full_recompute():
+    """Re-filtering the recomputed logits gives the recorded ids and, with the replayed Gumbel noise,
+    the recorded perturbed logits: the KV-cached loop and the one-forward recompute agree."""
+    model, tok = tiny()
+    thinking = soft_config(tok)
+    gen = decode(model, tok, thinking, prompts_of(tok), GumbelExploration(0.5), seeds=torch.arange(3) + 11)
+    from latentrl.models.thinking.soft import soft_completion_logits
+
+    logits = soft_completion_logits(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, gen.soft)
+    mask = gen.soft.soft_mask
+    assert mask.any()
+    for t in range(mask.shape[1]):
+        rows = mask[:, t]
+        if not rows.any():
+            continue
+        idx, p, _ = filter_top_k_top_p(logits[rows, t], 5, 0.95)
+        assert torch.equal(idx, gen.soft.ids[rows, t])
+        g, _ = GumbelExploration(0.5).soft_logits(p, gen.seeds[rows], t)
+        recorded = gen.soft.noisy_logits[rows, t]
+        finite = torch.isfinite(recorded)
+        assert torch.equal(finite, torch.isfinite(g))
+        torch.testing.assert_close(g[finite], recorded[finite], atol=1e-5, rtol=0)
+
+
+def test_replayed_gumbel_noise_gives_ratio_one_and_the_on_policy_gradient_identity():
+    model, tok = tiny()
+    thinking = soft_config(tok)
+    gen = decode(model, tok, thinking, prompts_of(tok, 2), GumbelExploration(), num_generations=4, temperature=1.0,
+                 seeds=torch.arange(8) + 5, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    with torch.no_grad():
+        old = completion_logps(model, gen, GumbelExploration()).logps
+    new = completion_logps(model, gen, GumbelExploration()).logps
+    mask = gen.completion_mask
+    assert torch.equal((new.detach() - old) * mask, torch.zeros_like(old))  # ratio exactly 1
+    advantages = torch.tensor([1.0, -0.5, 0.25, -0.75, 0.5, 0.5, -1.0, 0.0])
+    loss, _ = policy_loss(new, old, advantages, mask, loss_type="dapo")
+    params = [p for p in model.parameters() if p.requires_grad]
+    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
+    surrogate = -(advantages[:, None] * new * mask).sum() / mask.sum()  # -A grad log pi, the REINFORCE form
+    want = torch.autograd.grad(surrogate, params, allow_unused=True)
+    used = [(a, b) for a, b in zip(grads, want) if a is not None or b is not None]
+    assert used and gen.soft.soft_mask.any()
+    for a, b in used:
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_soft_steps_are_actions_only_with_noise():
+    model, tok = tiny()
+    thinking = soft_config(tok)
+    mode = thinking_mode("soft")
+    plain = decode(model, tok, thinking, prompts_of(tok), NoExploration())
+    noisy = decode(model, tok, thinking, prompts_of(tok), GumbelExploration(), seeds=torch.arange(3))
+    assert torch.equal(mode.loss_mask(plain, NoExploration()), plain.completion_mask * ~plain.soft.soft_mask)
+    assert torch.equal(mode.loss_mask(noisy, GumbelExploration()), noisy.completion_mask)
+
+
+class PhaseRecorder(NoExploration):
+    def __init__(self):
+        self.phases = []
+
+    def set_phase(self, phase, step=0):
+        self.phases.append(phase)
+
+
+def test_discrete_mode_passes_the_answer_phase_to_the_noise():
+    """Before: in discrete mode the decoding steps and the recomputed completion ran under "prefill"."""
+    from latentrl.exploration import DropoutExploration
+
+    model, tok = tiny()
+    recorder = PhaseRecorder()
+    gen = decode(model, tok, ThinkingConfig(), prompts_of(tok), recorder)
+    assert recorder.phases[0] == "prefill" and set(recorder.phases[1:]) == {"answer"}
+    masked_answer = DropoutExploration(p=0.5, sites=("mlp",), cover_answer=True)
+    masked_prefill = DropoutExploration(p=0.5, sites=("mlp",), cover_prefill=True)
+    clean = completion_logps(model, gen, NoExploration()).logps
+    answer = completion_logps(model, gen, masked_answer).logps
+    prefill = completion_logps(model, gen, masked_prefill).logps
+    mask = gen.completion_mask.bool()
+    assert not torch.allclose(answer[mask], clean[mask])  # cover_answer masks the completion
+    assert not torch.allclose(prefill[mask], clean[mask])  # the prompt's masked states reach the completion ...
+    later = decode(model, tok, ThinkingConfig(), prompts_of(tok), masked_prefill, seeds=torch.arange(3))
+    early = decode(model, tok, ThinkingConfig(), prompts_of(tok), NoExploration())
+    assert later.completion_ids.shape[0] == early.completion_ids.shape[0]  # ... and decoding still runs
+
+
+@pytest.fixture(scope="module")
+def cot_checkpoint(tmp_path_factory):
+    out = tmp_path_factory.mktemp("soft") / "cot"
+    assert main(["sft", f"output_dir={out}", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64",
+                 "per_device_train_batch_size=32", "disable_tqdm=true", "task_kwargs={num_steps: 2}", "mode=cot",
+                 "num_train_epochs=1", "save_steps=0"]) == 0  # fmt: skip
+    return out / "final"
+
+
+def test_sofT_grpo_through_the_cli(cot_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "soft"
+    assert main(["grpo", f"output_dir={out}", f"model_name_or_path={cot_checkpoint}", "thinking_mode=soft",
+                 "exploration=gumbel", "num_generations=4", "generation_batch_size=8", "per_device_train_batch_size=8",
+                 "max_completion_length=12", "task_kwargs={num_steps: 2}", "disable_tqdm=true", "max_steps=2",
+                 "save_steps=0", "num_iterations=2"]) == 0  # fmt: skip
+    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert {"soft/thinking_steps", "soft/mixture_entropy", "soft/frac_not_top1", "latent/distinct_answers"} <= set(log[0])
+    assert json.loads((out / "final" / "latentrl.json").read_text())["thinking_mode"] == "soft"
+    ev = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(out / "final"), "--task", "arith", "--n", "4", "--out", str(ev),
+                 "task_kwargs={num_steps: 2}"]) == 0  # fmt: skip
+    metrics = json.loads((ev / "metrics.json").read_text())
+    assert metrics["thinking_mode"] == "soft" and metrics["mean_thinking_steps"] > 0
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["soft_top_k=3"], "apply to soft thinking"),
+    (["thinking_mode=soft", "soft_top_k=100000"], "larger than the vocabulary"),
+    (["thinking_mode=soft", "end_of_thinking=</think>"], "not one token"),
+    (["thinking_mode=soft", "exploration=gumbel", "gumbel_tau=0"], "gumbel_tau"),
+    (["exploration=gumbel"], "exploration=gumbel"),
+    (["thinking_mode=coconut"], "cannot run as thinking_mode='coconut'"),
+])  # fmt: skip
+def test_bad_soft_input_is_one_clear_error(cot_checkpoint, tmp_path, capsys, extra, message):
+    out = tmp_path / "eval"
+    assert main(["eval", "--checkpoint", str(cot_checkpoint), "--task", "arith", "--n", "2", "--out", str(out), *extra]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("latentrl: error:") and message in err[0]
+    assert not out.exists()
+
+
+def test_soft_on_a_coconut_checkpoint_is_refused(tmp_path, capsys):
+    out = tmp_path / "coconut"
+    assert main(["sft", f"output_dir={out}", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=32",
+                 "per_device_train_batch_size=32", "disable_tqdm=true", "task_kwargs={num_steps: 2}", "mode=coconut",
+                 "start_stage=1", "max_latent_stage=1", "num_train_epochs=1", "save_steps=0"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "final"), "--task", "arith", "--n", "2", "--out",
+                 str(tmp_path / "e"), "thinking_mode=soft"]) == 2  # fmt: skip
+    assert "needs a discrete" in capsys.readouterr().err
