@@ -130,7 +130,7 @@ def test_bma_with_zero_drop_rate_equals_greedy(trained):
     _, cot, _ = trained
     model, tok, thinking = load_checkpoint(cot / "final")
     examples = load_examples("arith", "test", 12, 0, num_steps=2)
-    m = evaluate(model, tok, thinking, examples, EvalConfig(mc_masks=3, mc_dropout_p=0.0)).metrics
+    m = evaluate(model, tok, thinking, examples, EvalConfig(mc_masks=3, dropout_p=0.0)).metrics
     assert m["bma_accuracy"] == m["accuracy"] and m["mc_mask_accuracy"] == m["accuracy"]
 
 

@@ -105,10 +105,10 @@ def test_sft_chain_resumes_after_its_last_finished_run(tmp_path, monkeypatch):
     last = tmp_path / "sft" / "seed0" / "run1" / "final"
     last.mkdir(parents=True)
     (last / "latentrl.json").write_text("{}")
-    assert sweep.train_sft_baseline(0, cfg) == str(last) and trained == []
+    assert sweep.train_sft_baseline(0, cfg)[-1] == str(last) and trained == []
     # only the first run finished: the second is trained from it
     cfg = sweep.SweepConfig(out=str(tmp_path), sft=[{"mode": "cot"}, {"mode": "coconut"}], data="fresh")
-    assert sweep.train_sft_baseline(1, cfg) == str(tmp_path / "new") and len(trained) == 2  # seed 1 has nothing yet
+    assert sweep.train_sft_baseline(1, cfg) == [str(tmp_path / "new")] * 2 and len(trained) == 2  # seed 1 has nothing yet
 
 
 def test_baseline_line_from_the_log_when_final_has_no_trainer_state(tmp_path):
@@ -149,3 +149,26 @@ def test_sweep_parallel_script_toy(tmp_path):
     for method in ("dropout_grpo", "grpo_sampling", "dropout_step", "greedy_none"):
         assert (out / "logs" / f"seed0_{method}.txt").exists()
     assert "| sft_more |" in done.stdout  # the table, printed at the end
+
+
+def test_soft_sweep_methods_toy(tmp_path):
+    """The methods of the soft-thinking comparison: CoT, discrete GRPO and SofT-GRPO from it, soft thinking
+    without RL, the GRPO model in soft mode; sampled metrics with paired differences to discrete GRPO."""
+    out = tmp_path / "sweep"
+    args = ["sweep", f"out={out}", "seeds=[0, 1]", "methods=[cot, discrete_grpo, soft_grpo, soft_thinking, discrete_grpo_soft]",
+            "baseline=discrete_grpo", "eval_n=6", "eval_samples=4", "data=fresh_prompts", "task_kwargs={num_steps: 2}",
+            "sft=[{mode: cot, num_train_epochs: 1, num_train_examples: 48, n_layer: 2, n_embd: 32, n_head: 2, "
+            "per_device_train_batch_size: 16}]",
+            "grpo={max_steps: 1, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
+            "max_completion_length: 12}"]  # fmt: skip
+    assert main(args) == 0
+    runs = {(r["method"], r["seed"]): r for r in json.loads((out / "results.json").read_text())["runs"]}
+    assert runs[("discrete_grpo_soft", 0)]["checkpoint"] == runs[("discrete_grpo", 0)]["checkpoint"]
+    assert runs[("soft_thinking", 1)]["checkpoint"] == runs[("cot", 1)]["checkpoint"]
+    assert runs[("soft_thinking", 0)]["mean_thinking_steps"] > 0 == runs[("cot", 0)]["mean_thinking_steps"]
+    soft_cfg = yaml.safe_load((out / "soft_grpo" / "seed0" / "config.yaml").read_text())
+    assert (soft_cfg["thinking_mode"], soft_cfg["exploration"]) == ("soft", "gumbel")
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert "pass@4" in summary["soft_grpo"]["sampled"] and "paired_diff" in summary["soft_grpo"]["sampled"]["pass@4"]
+    table = (out / "table.md").read_text()
+    assert "Δ vs discrete_grpo" in table and "| soft_thinking |" in table and "pass@4" in table

@@ -15,6 +15,7 @@ import torch
 from pydantic import Field
 from tqdm.auto import tqdm
 
+from latentrl.exploration.args import ExplorationArgs
 from latentrl.models.thinking.args import ThinkingArgs
 from latentrl.eval.metrics import mean_maj_at_k, mean_pass_at_k
 from latentrl.models import ThinkingConfig, encode_prompt
@@ -22,7 +23,7 @@ from latentrl.models.layout import check_fits_context, model_context_length
 from latentrl.rewards import answers_match, extract_answer, normalize_answer
 
 
-class EvalConfig(ThinkingArgs):
+class EvalConfig(ThinkingArgs, ExplorationArgs):
     """Config of ``latentrl eval``."""
 
     checkpoint: str = Field("", description="Checkpoint directory (or hub id).")
@@ -35,20 +36,16 @@ class EvalConfig(ThinkingArgs):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus of the sampled completions.")
     max_new_tokens: int = Field(64, ge=1, description="Completion length cap.")
     num_latents: int | None = Field(None, ge=0, description="Thoughts at inference (default: latentrl.json).")
-    mc_masks: int = Field(0, ge=0, description="M: Bayesian model average, vote over M dropout masks.")
-    mc_dropout_p: float = Field(0.1, ge=0, lt=1, description="Drop probability of the BMA masks.")
-    mc_dropout_sites: list[Literal["thought", "mlp", "attn", "block"]] = Field(
-        ["thought"], min_length=1, description="Sites of the BMA masks."
-    )
+    mc_masks: int = Field(
+        0, ge=0, description="M: Bayesian model average, greedy answers under M dropout masks (the dropout_* keys, as "
+                             "in grpo) and a majority vote.",
+    )  # fmt: skip
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     seed: int = Field(0, description="Seed of the task data and of sampling.")
     task_kwargs: dict[str, int | float | str] = Field({}, description="Generator knobs.")
     out: str = Field("runs/eval", min_length=1, description="Output directory.")
     progress: bool = Field(True, description="Progress bars (off inside training).")
-    exploration: Literal["none", "gumbel"] = Field(
-        "none", description="Soft thinking: none (plain Soft Thinking) or gumbel (Gumbel-Softmax noise at gumbel_tau)."
-    )
-    gumbel_tau: float = Field(0.1, gt=0, description="Gumbel-Softmax temperature (exploration=gumbel).")
+
 
 
 @dataclass
@@ -78,12 +75,11 @@ class Generated:
 
 def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float,
                          desc: str, exploration=None) -> Generated:  # fmt: skip
-    from latentrl.exploration import make_exploration
     from latentrl.models.thinking import thinking_mode
 
     mode = thinking_mode(thinking.thinking_mode)
     if exploration is None:
-        exploration = make_exploration(cfg.exploration, **({"tau": cfg.gumbel_tau} if cfg.exploration == "gumbel" else {}))
+        exploration = cfg.build_exploration()
     generator = torch.Generator(device=model.device).manual_seed(cfg.seed)
     per_batch = max(1, cfg.batch_size // samples)
     out = Generated([], [], [], [])
@@ -169,7 +165,7 @@ def bma_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) 
     from latentrl.exploration import DropoutExploration
 
     M = cfg.mc_masks
-    dropout = DropoutExploration(p=cfg.mc_dropout_p, scope="rollout", sites=tuple(cfg.mc_dropout_sites))
+    dropout = DropoutExploration(**cfg.dropout_kwargs())
     texts = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, M, 0.0, "bma", exploration=dropout).texts
     single, voted = 0, 0
     for i, ex in enumerate(examples):
@@ -178,7 +174,7 @@ def bma_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConfig) 
         vote = majority_vote([normalize_answer(p) if p is not None else None for p in preds])
         voted += answers_match(vote, ex.answer)
     n = len(examples)
-    return {"bma_accuracy": voted / n, "mc_mask_accuracy": single / (n * M), "mc_masks": M, "mc_dropout_p": cfg.mc_dropout_p}
+    return {"bma_accuracy": voted / n, "mc_mask_accuracy": single / (n * M), "mc_masks": M, "mc_dropout_p": cfg.dropout_p}
 
 
 def write_eval(result: EvalResult, out: str | os.PathLike) -> None:

@@ -1,22 +1,48 @@
-"""The methods a sweep compares, each a set of ``GRPOConfig`` overrides (or an SFT control).
+"""The methods a sweep compares: each a small record of what it trains from what, and how it is evaluated.
 
 | name | what it is |
 |---|---|
-| ``sft`` | the SFT checkpoint itself (the baseline) |
-| ``sft_more`` | the SFT checkpoint trained with more SFT for as long as ``dropout_grpo`` ran (equal-time control) |
+| ``sft`` | the SFT checkpoint itself (the last run of the SFT chain, e.g. the Coconut curriculum) |
+| ``sft_more`` | that checkpoint trained with more SFT for as long as ``dropout_grpo`` ran (equal-time control) |
 | ``grpo_sampling`` | GRPO with answer sampling only (no latent exploration) |
 | ``dropout_grpo`` | Dropout-GRPO: one mask per rollout, shared over all latent steps |
 | ``dropout_step`` | ablation: a fresh mask per latent step |
 | ``greedy_none`` | no exploration, greedy answers: every group collapses |
+| ``cot`` | the chain-of-thought checkpoint (the first run of the SFT chain) |
+| ``discrete_grpo`` | discrete-token GRPO from the CoT checkpoint |
+| ``soft_grpo`` | SofT-GRPO from the CoT checkpoint: soft thinking with Gumbel noise |
+| ``soft_thinking`` | the CoT checkpoint evaluated with soft thinking, no RL |
+| ``discrete_grpo_soft`` | the ``discrete_grpo`` model evaluated with soft thinking |
 """
 
 from __future__ import annotations
 
-GRPO_METHODS: dict[str, dict] = {
-    "grpo_sampling": {"exploration": "none", "temperature": 1.0},
-    "dropout_grpo": {"exploration": "dropout", "dropout_scope": "rollout"},
-    "dropout_step": {"exploration": "dropout", "dropout_scope": "step"},
-    "greedy_none": {"exploration": "none", "temperature": 0.0},
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Method:
+    """One arm of a sweep."""
+
+    grpo: dict | None = None  # GRPOConfig overrides of its RL run (None: no RL)
+    base: str = "last"  # the SFT chain's run it starts from: "first" (CoT) or "last"
+    eval_keys: dict = field(default_factory=dict)  # EvalConfig keys of its test evaluation (e.g. thinking_mode=soft)
+    model_of: str | None = None  # evaluate this other method's trained model instead of training
+
+
+METHODS: dict[str, Method] = {
+    "sft": Method(),
+    "sft_more": Method(),
+    "grpo_sampling": Method({"exploration": "none", "temperature": 1.0}),
+    "dropout_grpo": Method({"exploration": "dropout", "dropout_scope": "rollout"}),
+    "dropout_step": Method({"exploration": "dropout", "dropout_scope": "step"}),
+    "greedy_none": Method({"exploration": "none", "temperature": 0.0}),
+    "cot": Method(base="first"),
+    "discrete_grpo": Method({"exploration": "none", "temperature": 1.0}, base="first"),
+    "soft_grpo": Method({"thinking_mode": "soft", "exploration": "gumbel"}, base="first"),
+    "soft_thinking": Method(base="first", eval_keys={"thinking_mode": "soft"}),
+    "discrete_grpo_soft": Method(base="first", eval_keys={"thinking_mode": "soft"}, model_of="discrete_grpo"),
 }
+GRPO_METHODS: dict[str, dict] = {name: m.grpo for name, m in METHODS.items() if m.grpo is not None}
 CONTROL_METHODS = ("sft", "sft_more")
-ALL_METHODS = (*CONTROL_METHODS, *GRPO_METHODS)
+ALL_METHODS = tuple(METHODS)

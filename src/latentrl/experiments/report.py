@@ -9,8 +9,10 @@ from latentrl.eval.metrics import mean_ci, paired_difference
 from latentrl.train.common import read_log
 
 
-def summarize(results: dict, seeds: list[int], methods: list[str]) -> dict:
-    """Per method: accuracies by seed, mean, std, 95% CI, and the paired difference to ``sft``."""
+def summarize(results: dict, seeds: list[int], methods: list[str], baseline: str = "sft") -> dict:
+    """Per method: greedy accuracies by seed, mean, std, 95% CI and the paired difference to ``baseline``
+    (``paired_diff_vs_sft`` when it is ``sft``); the same mean, CI and paired difference for every
+    sampled metric the runs report (pass@k, maj@k, mean_sample_accuracy)."""
     import statistics
 
     summary = {}
@@ -19,11 +21,26 @@ def summarize(results: dict, seeds: list[int], methods: list[str]) -> dict:
         est = mean_ci(acc)
         row = {"accuracy_by_seed": acc, "mean": est.mean, "std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
                "ci95": [est.lo, est.hi], "train_seconds": sum(results[(m, s)]["train_seconds"] for s in seeds) / len(seeds)}  # fmt: skip
-        if m != "sft" and "sft" in methods:
-            diff = paired_difference(acc, [results[("sft", s)]["accuracy"] for s in seeds])
-            row["paired_diff_vs_sft"] = {"mean": diff.mean, "ci95": [diff.lo, diff.hi]}
+        if m != baseline and baseline in methods:
+            diff = paired_difference(acc, [results[(baseline, s)]["accuracy"] for s in seeds])
+            row[f"paired_diff_vs_{baseline}"] = {"mean": diff.mean, "ci95": [diff.lo, diff.hi]}
+        row["sampled"] = sampled_summary(results, seeds, m, baseline if baseline in methods and m != baseline else None)
         summary[m] = row
     return summary
+
+
+def sampled_summary(results: dict, seeds: list[int], method: str, baseline: str | None) -> dict:
+    """Mean and CI of each sampled metric over seeds, with its paired difference to ``baseline``."""
+    keys = [k for k in results[(method, seeds[0])] if k.startswith(("pass@", "maj@")) or k == "mean_sample_accuracy"]
+    out = {}
+    for k in keys:
+        values = [results[(method, s)][k] for s in seeds]
+        est = mean_ci(values)
+        out[k] = {"mean": est.mean, "ci95": [est.lo, est.hi]}
+        if baseline is not None and k in results[(baseline, seeds[0])]:
+            diff = paired_difference(values, [results[(baseline, s)][k] for s in seeds])
+            out[k]["paired_diff"] = {"mean": diff.mean, "ci95": [diff.lo, diff.hi]}
+    return out
 
 
 def _pct(x: float) -> str:
@@ -31,17 +48,42 @@ def _pct(x: float) -> str:
 
 
 def write_table(summary: dict, path: Path, cfg) -> None:
+    base = getattr(cfg, "baseline", "sft")
     lines = [f"Greedy accuracy (%) on {cfg.eval_n} held-out test problems, seeds {cfg.seeds}.", "",
-             "| method | mean ± std | 95% CI | Δ vs sft (paired) | 95% CI of Δ | train s |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| method | mean ± std | 95% CI | Δ vs {base} (paired) | 95% CI of Δ | train s |", "|---|---|---|---|---|---|"]  # fmt: skip
     for m, r in summary.items():
-        d = r.get("paired_diff_vs_sft")
+        d = r.get(f"paired_diff_vs_{base}")
         delta = (f"{100 * d['mean']:+.1f}", f"[{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]") if d else ("", "")
         lines.append(f"| {m} | {_pct(r['mean'])} ± {_pct(r['std'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | "
                      f"{delta[0]} | {delta[1]} | {r['train_seconds']:.0f} |")  # fmt: skip
+    lines += sampled_table(summary, base)
     trained = baseline_training(Path(cfg.out), cfg.seeds)
     if trained:
         lines += ["", "SFT baselines trained by the sweep (greedy accuracy on validation problems):", *trained]
     path.write_text("\n".join(lines) + "\n")
+
+
+def sampled_table(summary: dict, base: str) -> list[str]:
+    """A second table when the runs were evaluated with samples: each metric's mean and paired Δ vs ``base``."""
+    keys = list(dict.fromkeys(k for r in summary.values() for k in r.get("sampled", {})))
+    if not keys:
+        return []
+    lines = ["", f"Sampled metrics (%): mean [95% CI]; Δ vs {base} paired, with its 95% CI.", "",
+             "| method | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]  # fmt: skip
+    for m, r in summary.items():
+        cells = []
+        for k in keys:
+            v = r.get("sampled", {}).get(k)
+            if v is None:
+                cells.append("")
+                continue
+            cell = f"{_pct(v['mean'])} [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}]"
+            if "paired_diff" in v:
+                d = v["paired_diff"]
+                cell += f"; Δ {100 * d['mean']:+.1f} [{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]"
+            cells.append(cell)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def baseline_training(out: Path, seeds: list[int]) -> list[str]:

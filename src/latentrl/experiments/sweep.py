@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from latentrl.config import Config, save_config, validate_config
-from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS
+from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS, METHODS
 from latentrl.experiments.report import plot_curves, summarize, write_table
 
 
@@ -52,6 +52,11 @@ class SweepConfig(Config):
     task: str = Field("arith", description="Task (train prompts for RL, test problems for eval).")
     task_kwargs: dict[str, int | float | str] = Field({}, description="Task knobs.")
     eval_n: int = Field(500, ge=1, description="Held-out test problems per evaluation.")
+    eval_samples: int = Field(
+        1, ge=1, description="Sampled completions per test problem besides the greedy one (pass@k, maj@k for k <= it)."
+    )
+    eval_temperature: float = Field(1.0, ge=0, description="Temperature of the sampled completions.")
+    baseline: str = Field("sft", description="The method every other is compared with (paired differences).")
     disable_tqdm: bool = Field(True, description="No progress bars.")
 
     @model_validator(mode="after")
@@ -65,6 +70,11 @@ class SweepConfig(Config):
             check_one_data_budget(self.sft)
         if "sft_more" in self.methods and "dropout_grpo" not in self.methods:
             raise ValueError("sft_more takes its time budget from dropout_grpo: include both")
+        needed = {m: METHODS[m].model_of for m in self.methods if METHODS[m].model_of and METHODS[m].model_of not in self.methods}
+        if needed:
+            raise ValueError(f"{', '.join(needed)} evaluate the model of {', '.join(set(needed.values()))}: include it")
+        if self.baseline not in self.methods:
+            raise ValueError(f"baseline {self.baseline!r} is not among the methods {self.methods}")
         self.check_blocks()
         return self
 
@@ -113,15 +123,17 @@ def sft_data_of(checkpoint: str) -> dict:
     return data | {"data_seed": run.seed if run.data_seed is None else run.data_seed}
 
 
-def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
-    """The seed's SFT baseline: the runs of ``cfg.sft`` in order, each from the previous one's
-    ``final/``. The chain resumes after its last run whose ``final/`` exists (trained by an earlier
-    sweep, or copied from another machine): that run and those before it are not trained again."""
+def train_sft_baseline(seed: int, cfg: SweepConfig) -> list[str]:
+    """The seed's SFT chain: the runs of ``cfg.sft`` in order, each from the previous one's ``final/``;
+    returns every run's ``final/`` (the first is e.g. CoT, the last the baseline). The chain resumes
+    after its last run whose ``final/`` exists (trained by an earlier sweep, or copied from another
+    machine): that run and those before it are not trained again."""
     from latentrl.train.sft import SFTConfig, train_sft
 
     run_dirs = [Path(cfg.out, "sft", f"seed{seed}", f"run{i}") for i in range(len(cfg.sft))]
     done = [i for i, d in enumerate(run_dirs) if (d / "final" / "latentrl.json").exists()]
     first = done[-1] + 1 if done else 0
+    finals = [str(d / "final") for d in run_dirs[:first]]
     start = None
     if done:
         start = str(run_dirs[done[-1]] / "final")
@@ -132,15 +144,18 @@ def train_sft_baseline(seed: int, cfg: SweepConfig) -> str:
         if start is not None:
             fields["model_name_or_path"] = start
         start = str(train_sft(validate_config(SFTConfig, fields, where=f"the sweep's sft run of seed {seed}")))
-    return start
+        finals.append(start)
+    return finals
 
 
-def greedy_test_accuracy(checkpoint, cfg: SweepConfig, out: Path) -> dict:
+def test_metrics(checkpoint, cfg: SweepConfig, out: Path, keys: dict) -> dict:
+    """Greedy accuracy (and with ``eval_samples > 1`` pass@k, maj@k) on the test split."""
     from latentrl.eval.evaluate import EvalConfig, run_eval
 
-    ecfg = EvalConfig(checkpoint=str(checkpoint), task=cfg.task, n=cfg.eval_n, seed=0,
-                      task_kwargs=dict(cfg.task_kwargs), out=str(out))  # fmt: skip
-    return run_eval(ecfg).metrics
+    fields = {"checkpoint": str(checkpoint), "task": cfg.task, "n": cfg.eval_n, "seed": 0, "samples": cfg.eval_samples,
+              "temperature": cfg.eval_temperature, "task_kwargs": dict(cfg.task_kwargs), "out": str(out),
+              "progress": not cfg.disable_tqdm, **keys}  # fmt: skip
+    return run_eval(validate_config(EvalConfig, fields, where="the sweep's evaluation")).metrics
 
 
 def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir: Path) -> Path:
@@ -178,39 +193,50 @@ def run_sft_more(seed: int, sft: str, seconds: float, cfg: SweepConfig, run_dir:
     return train_sft(validate_config(SFTConfig, fields, where="the sweep's sft_more run"))
 
 
-def run_one(method: str, seed: int, sft: str, cfg: SweepConfig, results: dict) -> dict:
+def run_one(method: str, seed: int, chain: list[str], cfg: SweepConfig, results: dict) -> dict:
+    """Train (or pick) the method's model for ``seed``, evaluate it, and record ``result.json``."""
+    spec = METHODS[method]
     run_dir = Path(cfg.out, method, f"seed{seed}")
     done = run_dir / "result.json"
     if done.exists():
         return json.loads(done.read_text())
     run_dir.mkdir(parents=True, exist_ok=True)
+    sft = chain[0] if spec.base == "first" else chain[-1]
     t = time.perf_counter()
-    if method == "sft":
-        checkpoint = sft
+    if spec.model_of is not None:
+        checkpoint = results[(spec.model_of, seed)]["checkpoint"]
     elif method == "sft_more":
         checkpoint = run_sft_more(seed, sft, results[("dropout_grpo", seed)]["train_seconds"], cfg, run_dir)
-    else:
+    elif spec.grpo is not None:
         checkpoint = run_grpo_method(method, seed, sft, cfg, run_dir)
-    train_seconds = time.perf_counter() - t if method != "sft" else 0.0
-    metrics = greedy_test_accuracy(checkpoint, cfg, run_dir / "eval")
+    else:
+        checkpoint = sft
+    trained = spec.grpo is not None or method == "sft_more"
+    train_seconds = time.perf_counter() - t if trained else 0.0
+    metrics = test_metrics(checkpoint, cfg, run_dir / "eval", spec.eval_keys)
     result = {"method": method, "seed": seed, "accuracy": metrics["accuracy"], "train_seconds": train_seconds,
-              "mean_tokens": metrics["mean_tokens"], "checkpoint": str(checkpoint)}  # fmt: skip
+              "mean_tokens": metrics["mean_tokens"], "checkpoint": str(checkpoint),
+              **{k: v for k, v in metrics.items() if k.startswith(("pass@", "maj@")) or k in SAMPLED_KEYS}}  # fmt: skip
     done.write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+SAMPLED_KEYS = ("mean_sample_accuracy", "mean_thinking_steps", "mean_answer_tokens")
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "config.yaml")
-    order = [m for m in ALL_METHODS if m in cfg.methods and m != "sft_more"] + (["sft_more"] if "sft_more" in cfg.methods else [])
+    last = [m for m in cfg.methods if m == "sft_more" or METHODS[m].model_of]  # they need another method's result
+    order = [m for m in ALL_METHODS if m in cfg.methods and m not in last] + [m for m in ALL_METHODS if m in last]
     results: dict[tuple[str, int], dict] = {}
     for i, seed in enumerate(cfg.seeds):
-        sft = cfg.checkpoint_of(i) if cfg.sft_checkpoints else train_sft_baseline(seed, cfg)
+        chain = [cfg.checkpoint_of(i)] if cfg.sft_checkpoints else train_sft_baseline(seed, cfg)
         for method in order:
-            results[(method, seed)] = run_one(method, seed, sft, cfg, results)
+            results[(method, seed)] = run_one(method, seed, chain, cfg, results)
             print(f"[sweep] {method} seed {seed}: accuracy {results[(method, seed)]['accuracy']:.3f}", flush=True)
-    summary = summarize(results, cfg.seeds, order)
+    summary = summarize(results, cfg.seeds, order, cfg.baseline)
     (out / "results.json").write_text(json.dumps({"runs": list(results.values()), "summary": summary}, indent=2) + "\n")
     write_table(summary, out / "table.md", cfg)
     plot_curves(out, order, cfg.seeds)

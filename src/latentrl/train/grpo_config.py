@@ -8,11 +8,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from latentrl.config import with_defaults
+from latentrl.exploration.args import ExplorationArgs
 from latentrl.models.thinking.args import ThinkingArgs
 from latentrl.train.args import DataArgs, OptimizerArgs, RunArgs
-
-Site = Literal["thought", "mlp", "attn", "block"]
-
 
 def load_reward_func(spec: str):
     """``module:function`` -> the function (ValueError naming the spec when it cannot be imported).
@@ -31,7 +29,7 @@ def load_reward_func(spec: str):
     return func
 
 
-class GRPOConfig(ThinkingArgs, DataArgs, OptimizerArgs, RunArgs):
+class GRPOConfig(ThinkingArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs):
     """GRPO post-training of a thinking model; the exploration fields select Dropout-GRPO."""
 
     model_name_or_path: str = Field(min_length=1, description="SFT checkpoint (dir or hub id) to start from.")
@@ -56,16 +54,6 @@ class GRPOConfig(ThinkingArgs, DataArgs, OptimizerArgs, RunArgs):
     max_completion_length: int = Field(32, ge=1, description="Completion length cap.")
     mask_truncated_completions: bool = Field(False, description="Drop completions without eos.")
     skip_zero_std_groups: bool = Field(False, description="Drop groups whose rewards are all equal.")
-    exploration: Literal["none", "dropout", "gaussian", "gumbel"] = Field(
-        "dropout", description="Noise source: dropout or gaussian on the latent phase, gumbel on soft thinking steps."
-    )
-    dropout_p: float = Field(0.1, ge=0, lt=1, description="Drop probability of the masks.")
-    dropout_scope: Literal["rollout", "step"] = Field("rollout", description="rollout (shared mask) or step (per step).")
-    dropout_sites: list[Site] = Field(["thought"], min_length=1, description="Where the masks act.")
-    dropout_cover_prefill: bool = Field(False, description="Masks also act on the prompt prefill.")
-    dropout_cover_answer: bool = Field(False, description="Masks also act on answer decoding.")
-    gaussian_sigma: float = Field(0.1, ge=0, description="Std of Gaussian thought noise.")
-    gumbel_tau: float = Field(0.1, gt=0, description="Gumbel-Softmax temperature of SofT-GRPO's mixture weights.")
     eval_steps: int = Field(0, ge=0, description="Greedy validation accuracy every N steps (0: off).")
 
     @field_validator("reward_funcs")
@@ -91,18 +79,8 @@ class GRPOConfig(ThinkingArgs, DataArgs, OptimizerArgs, RunArgs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions")
         return self
 
-    def exploration_kwargs(self) -> dict:
-        if self.exploration == "dropout":
-            return dict(p=self.dropout_p, scope=self.dropout_scope, sites=tuple(self.dropout_sites),
-                        cover_prefill=self.dropout_cover_prefill, cover_answer=self.dropout_cover_answer)  # fmt: skip
-        if self.exploration == "gaussian":
-            return dict(sigma=self.gaussian_sigma, scope=self.dropout_scope)
-        if self.exploration == "gumbel":
-            return dict(tau=self.gumbel_tau)
-        return {}
 
-
-with_defaults(GRPOConfig, output_dir="runs/grpo", learning_rate=1e-4, weight_decay=0.0, num_train_examples=2000,
+with_defaults(GRPOConfig, output_dir="runs/grpo", exploration="dropout", learning_rate=1e-4, weight_decay=0.0, num_train_examples=2000,
               data_seed=1, eval_n=200, logging_steps=1, save_steps=50)  # fmt: skip
 
 GRPO_FIXED_ON_RESUME = ("model_name_or_path", "thinking_mode")
