@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -151,4 +152,10 @@ def load_tensor_state(directory) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - UnpicklingError, EOFError, RuntimeError (zip), OSError ...
-        raise CheckpointStateError(f"{path}: cannot be read safely ({type(err).__name__}: {str(err).splitlines()[0]})") from err
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        if refused:
+            raise CheckpointStateError(f"{path}: refused, it holds a pickled {refused.group(1)} that would run code "
+                                       "when loaded; delete this checkpoint") from err  # fmt: skip
+        first = (text.strip().splitlines() or [""])[0]
+        raise CheckpointStateError(f"{path}: cannot be read safely ({type(err).__name__}: {first})") from err

@@ -18,6 +18,7 @@ import torch
 from transformers import DynamicCache, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from latentrl.errors import FiniteWatch
 from latentrl.exploration import Exploration, NoExploration
 from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
 
@@ -202,8 +203,10 @@ def generate(
         next_pos = position_ids_from_mask(prompt_mask)[:, -1:] + 1  # [B, 1]
         tokens, logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
+        finite = FiniteWatch(device)
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
+            logits = finite(logits)
             tok = sample_next(logits, temperature, top_p, generator)
             tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
             scaled = logits.float() / (temperature if temperature > 0 else 1.0)
@@ -216,6 +219,7 @@ def generate(
             kv = {CACHE_KWARG: cache}  # filled in place
             step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv)
             logits, next_pos = step.logits[:, -1], next_pos + 1
+    finite.check()
     completion = torch.stack(tokens, dim=1)  # [B, T]
     is_eos = completion == eos_token_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0

@@ -28,6 +28,7 @@ from latentrl.models.thinking import thinking_mode
 from latentrl.rollout import Rollout, completion_logps, roll_out, score
 from latentrl.train import common
 from latentrl.train.grpo_config import GRPO_FIXED_ON_RESUME, GRPOConfig, load_reward_func
+from latentrl.errors import NonFiniteError
 from latentrl.train.run import Run, check_finite
 
 __all__ = ["GRPOConfig", "load_reward_func", "make_rollout", "rollout_seeds", "train_grpo", "update"]
@@ -295,8 +296,11 @@ def train_grpo(cfg: GRPOConfig) -> Path:
             batch, seeds, generator = step_inputs(cfg, s.pool, step, acc)  # 1.
             s.model.eval()  # the only noise is the recorded one, also in the update
             t = time.perf_counter()
-            rollout, reward_time = make_rollout(s.model, s.tokenizer, s.thinking, batch, cfg, s.exploration, seeds,
-                                                generator, s.reward_funcs, s.weights, acc)  # 2-3. fmt: skip
+            try:
+                rollout, reward_time = make_rollout(s.model, s.tokenizer, s.thinking, batch, cfg, s.exploration, seeds,
+                                                    generator, s.reward_funcs, s.weights, acc)  # 2-3. fmt: skip
+            except NonFiniteError as err:
+                raise NonFiniteError(f"step {step + 1}: {err}; stopped before writing a checkpoint") from None
             metrics = {"time/rollout": time.perf_counter() - t - reward_time, "time/reward": reward_time,
                        **grpo_step_metrics(rollout, G), **group_diagnostics(rollout, G)}  # fmt: skip
             metrics = common.mean_over_processes(metrics, acc)  # every process has G-row groups here

@@ -21,8 +21,17 @@ def load_reward_func(spec: str):
     if not module or not name:
         raise ValueError(f"reward function {spec!r} must be given as module:function")
     try:
-        func = getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as err:
+        imported = importlib.import_module(module)
+    except ImportError as err:
+        raise ValueError(f"cannot load reward function {spec!r}: {err}") from err
+    except Exception as err:  # noqa: BLE001 - the module's own code failed: say where
+        where = f" ({err.filename}:{err.lineno})" if isinstance(err, SyntaxError) else ""
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise ValueError(f"cannot load reward function {spec!r}: importing {module} raised "
+                         f"{type(err).__name__}{where}: {first}") from err  # fmt: skip
+    try:
+        func = getattr(imported, name)
+    except AttributeError as err:
         raise ValueError(f"cannot load reward function {spec!r}: {err}") from err
     if not callable(func):
         raise ValueError(f"reward function {spec!r} is a {type(func).__name__}, not a function")

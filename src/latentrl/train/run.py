@@ -38,6 +38,7 @@ import torch
 from accelerate.tracking import GeneralTracker
 
 from latentrl.config import ConfigError, config_to_dict, load_config, save_config
+from latentrl.errors import NonFiniteError
 from latentrl.fsutil import OutputDirError, atomic_write_text, check_output_dir
 from latentrl.models.checkpoint import (
     CheckpointStateError, load_tensor_state, load_trainer_state, recover_swap, save_checkpoint, verify_checkpoint,
@@ -52,10 +53,6 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 class RunError(ValueError):
     """An output folder this run cannot use as asked (another run's, locked, not writable, damaged)."""
-
-
-class NonFiniteError(ValueError):
-    """A NaN or infinite loss, gradient or weight: the run stops before any checkpoint holds it."""
 
 
 def warn(message: str) -> None:

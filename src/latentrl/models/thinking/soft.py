@@ -30,6 +30,8 @@ from dataclasses import dataclass
 import torch
 from transformers import DynamicCache
 
+from latentrl.errors import FiniteWatch
+
 EPS = 1e-6  # the reference's log(p + 1e-6)
 
 
@@ -149,7 +151,9 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
                 logits_to_keep=1, **{CACHE_KWARG: cache})  # fmt: skip
     logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1
     state = _LoopState.start(B, device, settings, max_new_tokens)
+    finite = FiniteWatch(device)
     for t in range(max_new_tokens):
+        logits = finite(logits)
         idx, p, entropy = filter_top_k_top_p(logits, settings.top_k, settings.top_p, settings.temperature)
         g, tau = noise.soft_logits(p, seeds, t)  # [B, k]
         answer = sample_next(logits, temperature, top_p, generator)  # [B]
@@ -164,6 +168,7 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
         logits, next_pos = out.logits[:, -1], next_pos + 1
     from latentrl.exploration import NoExploration
 
+    finite.check()
     return state.finish(tau, settings, stochastic=not isinstance(noise, NoExploration))
 
 
