@@ -633,6 +633,25 @@ def environment() -> dict:
             "uncommitted_changes": bool(git("status", "--porcelain", "--untracked-files=no"))}  # fmt: skip
 
 
+# m. soft thinking keys (issue "Soft thinking and SofT-GRPO")
+SOFT_CASES = {
+    "soft_keys_on_a_coconut_checkpoint": ("coconut", ["soft_top_k=3"], ["soft_top_k"]),
+    "soft_mode_on_a_coconut_checkpoint": ("coconut", ["thinking_mode=soft"], ["coconut"]),
+    "top_k_larger_than_the_vocabulary": ("cot", ["thinking_mode=soft", "soft_top_k=100000"], ["soft_top_k", "vocabulary"]),
+    "gumbel_tau_zero": ("cot", ["thinking_mode=soft", "exploration=gumbel", "gumbel_tau=0"], ["gumbel_tau"]),
+    "end_of_thinking_not_one_token": ("cot", ["thinking_mode=soft", "end_of_thinking=</think>"], ["end_of_thinking", "</think>"]),
+    "gumbel_without_soft_thinking": ("cot", ["exploration=gumbel"], ["gumbel"]),
+}  # fmt: skip
+for _name, (_which, _keys, _needles) in SOFT_CASES.items():
+
+    @case(f"m/{_name}")
+    def _(ctx, tmp, which=_which, keys=_keys, needles=_needles):
+        ckpt = ctx.coconut_final if which == "coconut" else ctx.cot / "final"
+        out = eval_out(tmp)
+        return Prepared(["eval", "--checkpoint", str(ckpt), "--task", "arith", "--n", "2", "--out", str(out), *keys],
+                        needles=needles, protect=[out])  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/bad_inputs.json")

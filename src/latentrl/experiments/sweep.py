@@ -91,7 +91,9 @@ class SweepConfig(Config):
             validate_config(GRPOConfig, {**base, **self.grpo, **GRPO_METHODS[method], "model_name_or_path": "sft"},
                             where=f"the sweep's grpo block, method {method}")  # fmt: skip
         if "sft_more" in self.methods:
-            validate_config(SFTConfig, {**base, **self.sft_more, "max_time_seconds": 1.0}, where="the sweep's sft_more block")
+            layout = {"mode": "cot", "num_train_epochs": 10**6, "save_steps": 0}  # the checkpoint's own layout at run time
+            validate_config(SFTConfig, {**base, **layout, **self.sft_more, "max_time_seconds": 1.0},
+                            where="the sweep's sft_more block")  # fmt: skip
 
     def checkpoint_of(self, i: int) -> str:
         return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
