@@ -144,6 +144,48 @@ def test_greedy_continuation_is_coherent_english(smollm2, greedy):
     assert "Paris" in text, text
 
 
+def soft_run(smollm2, prompts, exploration, **keys):
+    from latentrl.models.thinking import thinking_mode
+
+    model, tokenizer, thinking = smollm2
+    soft = thinking.with_soft(tokenizer, **keys)
+    return thinking_mode("soft").generate(model, prompts, soft, exploration=exploration, eos_token_id=tokenizer.eos_token_id,
+                                          pad_token_id=tokenizer.pad_token_id, max_new_tokens=NEW_TOKENS, temperature=0.0,
+                                          seeds=torch.arange(len(prompts)) + 3)  # fmt: skip
+
+
+def test_soft_thinking_with_top_1_is_greedy_decoding_on_the_real_model(smollm2, greedy):
+    from latentrl.exploration import NoExploration
+
+    prompts, discrete = greedy
+    soft = soft_run(smollm2, prompts, NoExploration(), soft_top_k=1)
+    assert soft.soft.soft_mask.any()
+    assert soft.completion_lists() == discrete.completion_lists()
+
+
+def test_the_cached_soft_loop_equals_a_full_recompute_on_the_real_model(smollm2, greedy):
+    from latentrl.exploration import GumbelExploration
+    from latentrl.models.thinking.soft import filter_top_k_top_p, soft_completion_logits
+
+    model = smollm2[0]
+    gen = soft_run(smollm2, greedy[0], GumbelExploration(0.1))
+    with torch.no_grad():
+        logits = soft_completion_logits(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, gen.soft)
+    steps = 0
+    for t in range(gen.soft.soft_mask.shape[1]):
+        rows = gen.soft.soft_mask[:, t]
+        if rows.any():
+            idx, p, _ = filter_top_k_top_p(logits[rows, t], 5, 0.95)
+            assert torch.equal(idx, gen.soft.ids[rows, t]), t
+            g, _ = GumbelExploration(0.1).soft_logits(p, gen.seeds[rows], t)
+            recorded = gen.soft.noisy_logits[rows, t]
+            finite = torch.isfinite(recorded)
+            assert torch.equal(finite, torch.isfinite(g))
+            torch.testing.assert_close(g[finite], recorded[finite], atol=1e-4, rtol=0)
+            steps += int(rows.sum())
+    assert steps > 8
+
+
 # --- errors through the command line ------------------------------------------------------------
 
 

@@ -110,3 +110,21 @@ def test_grpo_logs_no_timing_of_work_it_did_not_do(tmp_path):
     assert "time/old_ref_logprob" not in read_log(tmp_path / "a" / "log.jsonl")[0]
     assert main(["grpo", f"output_dir={tmp_path / 'b'}", *common, "beta=0.1"]) == 0
     assert read_log(tmp_path / "b" / "log.jsonl")[0]["time/old_ref_logprob"] > 0
+
+
+def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
+    """``mixed_precision`` reaches GRPO's rollouts and log-prob recomputation (accelerate's autocast)."""
+    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
+                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sft = tmp_path / "sft"
+    assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
+    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
+              "per_device_train_batch_size=8", "max_completion_length=8", "task_kwargs={num_steps: 2}",
+              "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
+              "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    assert main(["grpo", f"output_dir={tmp_path / 'bf16'}", *common, "mixed_precision=bf16"]) == 0
+    assert main(["grpo", f"output_dir={tmp_path / 'fp32'}", *common]) == 0
+    a, b = read_log(tmp_path / "bf16" / "log.jsonl"), read_log(tmp_path / "fp32" / "log.jsonl")
+    assert b[0]["grad_norm"] > 0 and a[0]["grad_norm"] > 0
+    assert a[0]["grad_norm"] != b[0]["grad_norm"]  # bf16 autocast changes the numbers
