@@ -8,7 +8,7 @@ in the update (common random numbers).
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager
 from typing import Protocol
 
 import torch
@@ -30,23 +30,7 @@ class Exploration(Protocol):
         """Transform the hidden state fed back at latent ``step``; returns ``[B, D]``."""
 
 
-class NoExploration:
-    """Deterministic latent phase: nothing is perturbed."""
-
-    def session(self, model: torch.nn.Module, seeds: torch.Tensor) -> AbstractContextManager:
-        return nullcontext()
-
-    def set_phase(self, phase: str, step: int = 0) -> None:
-        return None
-
-    def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
-        return h
-
-    def soft_logits(self, p: torch.Tensor, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
-        """Plain Soft Thinking: ``g' = log p~`` and ``tau = 1``, so the weights are ``p~`` itself."""
-        return torch.log(p), 1.0
-
-
+from latentrl.exploration.none import NoExploration  # noqa: E402
 from latentrl.exploration.dropout import DropoutExploration  # noqa: E402
 from latentrl.exploration.gaussian import GaussianExploration  # noqa: E402
 from latentrl.exploration.gumbel import GumbelExploration  # noqa: E402

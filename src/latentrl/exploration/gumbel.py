@@ -12,11 +12,11 @@ Shape legend: ``B`` rows, ``k`` kept ids.
 
 from __future__ import annotations
 
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import torch
 
+from latentrl.exploration.none import NoExploration
 from latentrl.exploration.stream import SITE_IDS, open_uniform
 
 
@@ -27,8 +27,11 @@ def gumbel_noise(seeds: torch.Tensor, step: int, width: int, clamp: tuple[float,
 
 
 @dataclass
-class GumbelExploration:
-    """Gumbel-Softmax noise on soft thinking's mixture weights (soft thinking mode only)."""
+class GumbelExploration(NoExploration):
+    """Gumbel-Softmax noise on soft thinking's mixture weights (soft thinking mode only; in the latent
+    phase it does nothing, as its base class)."""
+
+    stochastic = True  # the soft steps are Gumbel-max samples: actions with a log-density
 
     tau: float = 0.1
     """Temperature of the Gumbel-Softmax, ``y' = softmax(g' / tau)``."""
@@ -44,16 +47,6 @@ class GumbelExploration:
         g = gumbel_noise(seeds.to(p.device), step, p.shape[-1], self.clamp).to(p.dtype)
         noisy = torch.log(p + 1e-6) + g
         return noisy.masked_fill(p == 0, float("-inf")), self.tau
-
-    # the latent-phase protocol: nothing to do (the noise acts on soft steps only)
-    def session(self, model: torch.nn.Module, seeds: torch.Tensor) -> AbstractContextManager:
-        return nullcontext()
-
-    def set_phase(self, phase: str, step: int = 0) -> None:
-        return None
-
-    def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
-        return h
 
 
 __all__ = ["GumbelExploration", "gumbel_noise"]

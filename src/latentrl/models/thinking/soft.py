@@ -166,10 +166,8 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
         out = model(inputs_embeds=x[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
                     **{CACHE_KWARG: cache})  # fmt: skip
         logits, next_pos = out.logits[:, -1], next_pos + 1
-    from latentrl.exploration import NoExploration
-
     finite.check()
-    return state.finish(tau, settings, stochastic=not isinstance(noise, NoExploration))
+    return state.finish(tau, settings, stochastic=getattr(noise, "stochastic", True))
 
 
 @dataclass
