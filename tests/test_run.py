@@ -128,3 +128,12 @@ def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
     a, b = read_log(tmp_path / "bf16" / "log.jsonl"), read_log(tmp_path / "fp32" / "log.jsonl")
     assert b[0]["grad_norm"] > 0 and a[0]["grad_norm"] > 0
     assert a[0]["grad_norm"] != b[0]["grad_norm"]  # bf16 autocast changes the numbers
+
+
+def test_tensorboard_through_accelerate_beside_the_jsonl_log(tmp_path):
+    out = tmp_path / "run"
+    assert main(["sft", f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0",
+                 "report_to=[jsonl, tensorboard]"]) == 0  # fmt: skip
+    events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0
+    assert len(read_log(out / "log.jsonl")) == 6
