@@ -250,3 +250,37 @@ def test_soft_on_a_coconut_checkpoint_is_refused(tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(out / "final"), "--task", "arith", "--n", "2", "--out",
                  str(tmp_path / "e"), "thinking_mode=soft"]) == 2  # fmt: skip
     assert "needs a discrete" in capsys.readouterr().err
+
+
+def test_the_ablation_noises_of_the_mixture():
+    """soft_gaussian and dirichlet: weights on the simplex, dropped ids at 0, replayable, the right mean;
+    their soft steps are no actions (the noise is exogenous)."""
+    from latentrl.exploration import DirichletExploration, SoftGaussianExploration
+
+    p = torch.tensor([[0.6, 0.3, 0.1, 0.0]]).repeat(4000, 1)
+    seeds = torch.arange(4000)
+    for source in (SoftGaussianExploration(0.05), DirichletExploration()):
+        g, tau = source.soft_logits(p, seeds, step=3)
+        y = torch.softmax(g / tau, -1)
+        assert tau == 1.0 and torch.allclose(y.sum(-1), torch.ones(4000)) and (y[:, 3] == 0).all()
+        assert torch.equal(g, source.soft_logits(p, seeds, step=3)[0])  # replayed bit for bit
+        assert not torch.equal(g, source.soft_logits(p, seeds, step=4)[0])
+        torch.testing.assert_close(y.mean(0)[:3], p[0, :3], atol=0.02, rtol=0)  # E[y] = p~ (Dirichlet exactly)
+        assert source.stochastic is False
+    g, _ = SoftGaussianExploration(0.0).soft_logits(p[:2], seeds[:2], 0)
+    torch.testing.assert_close(torch.softmax(g, -1), p[:2])
+    # Dirichlet(p~): Var(y_i) = p_i (1 - p_i) / (sum(p) + 1)
+    y = torch.softmax(DirichletExploration().soft_logits(p, seeds, 0)[0], -1)
+    torch.testing.assert_close(y.var(0)[:3], p[0, :3] * (1 - p[0, :3]) / 2, atol=0.01, rtol=0)
+
+
+def test_soft_grpo_with_an_ablation_noise_trains_on_the_answer_tokens(cot_checkpoint, tmp_path):
+    import json
+
+    out = tmp_path / "dirichlet"
+    assert main(["grpo", f"output_dir={out}", f"model_name_or_path={cot_checkpoint}", "thinking_mode=soft",
+                 "exploration=dirichlet", "num_generations=4", "generation_batch_size=8", "per_device_train_batch_size=8",
+                 "max_completion_length=12", "task_kwargs={num_steps: 2}", "disable_tqdm=true", "max_steps=1",
+                 "save_steps=0"]) == 0  # fmt: skip
+    log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
+    assert log["soft/thinking_steps"] > 0

@@ -206,9 +206,7 @@ def run_eval(cfg: EvalConfig) -> EvalResult:
     examples = load_examples(task, cfg.split, cfg.n, cfg.seed, cfg.data_path, **cfg.task_kwargs)
     model, tokenizer, thinking = load_checkpoint(cfg.checkpoint)
     thinking = cfg.thinking_for(thinking, tokenizer, model.get_input_embeddings().num_embeddings)
-    if cfg.exploration == "gumbel" and thinking.thinking_mode != "soft":
-        raise ValueError(f"exploration=gumbel perturbs soft thinking steps; the checkpoint is {thinking.thinking_mode!r} "
-                         "(add thinking_mode=soft)")  # fmt: skip
+    cfg.check_source_fits_mode(thinking.thinking_mode)
     result = evaluate(model, tokenizer, thinking, examples, cfg)
     write_eval(result, cfg.out)
     return result

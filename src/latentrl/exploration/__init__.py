@@ -34,15 +34,17 @@ from latentrl.exploration.none import NoExploration  # noqa: E402
 from latentrl.exploration.dropout import DropoutExploration  # noqa: E402
 from latentrl.exploration.gaussian import GaussianExploration  # noqa: E402
 from latentrl.exploration.gumbel import GumbelExploration  # noqa: E402
+from latentrl.exploration.soft_noise import DirichletExploration, SoftGaussianExploration  # noqa: E402
 
 EXPLORATIONS = {"none": NoExploration, "dropout": DropoutExploration, "gaussian": GaussianExploration,
-                "gumbel": GumbelExploration}  # fmt: skip
-SOFT_EXPLORATIONS = ("none", "gumbel")  # the sources that act on soft thinking steps
+                "gumbel": GumbelExploration, "soft_gaussian": SoftGaussianExploration, "dirichlet": DirichletExploration}  # fmt: skip
+SOFT_EXPLORATIONS = ("none", "gumbel", "soft_gaussian", "dirichlet")  # the sources that act on soft thinking steps
 
 
 def make_exploration(name: str, **kwargs) -> Exploration:
     """An exploration source by name: ``none``, ``dropout`` (p, scope, sites, cover_prefill,
-    cover_answer), ``gaussian`` (sigma, scope) or ``gumbel`` (tau, clamp; soft thinking)."""
+    cover_answer), ``gaussian`` (sigma, scope), or on soft thinking steps ``gumbel`` (tau, clamp) and the
+    ablations ``soft_gaussian`` (sigma) and ``dirichlet``."""
     if name not in EXPLORATIONS:
         raise ValueError(f"unknown exploration {name!r}; choose one of {sorted(EXPLORATIONS)}")
     return EXPLORATIONS[name](**kwargs)
@@ -50,5 +52,5 @@ def make_exploration(name: str, **kwargs) -> Exploration:
 
 __all__ = [
     "EXPLORATIONS", "SOFT_EXPLORATIONS", "DropoutExploration", "Exploration", "GaussianExploration", "GumbelExploration",
-    "NoExploration", "make_exploration",
+    "NoExploration", "SoftGaussianExploration", "DirichletExploration", "make_exploration",
 ]  # fmt: skip

@@ -249,8 +249,7 @@ def build_setup(cfg: GRPOConfig, run: Run) -> GRPOSetup:
     set_seed(cfg.seed)
     model, tokenizer, thinking = common.load_or_build(str(run.resume.checkpoint or cfg.model_name_or_path), {}, cfg.seed)
     thinking = cfg.thinking_for(thinking, tokenizer, model.get_input_embeddings().num_embeddings)
-    if cfg.exploration == "gumbel" and thinking.thinking_mode != "soft":
-        raise ValueError(f"exploration=gumbel needs soft thinking; the checkpoint is {thinking.thinking_mode!r} (set thinking_mode=soft)")
+    cfg.check_source_fits_mode(thinking.thinking_mode)
     model.to(acc.device)
     lengths = [len(encode_prompt(tokenizer, ex.question, thinking)) + cfg.max_completion_length for ex in pool]
     check_fits_context(lengths, model_context_length(model), f"task {cfg.task!r} prompts", what="prompt + max_completion_length")

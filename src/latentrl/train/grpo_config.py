@@ -80,10 +80,7 @@ class GRPOConfig(ThinkingArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs
         if self.generation_batch_size % self.per_device_train_batch_size:
             raise ValueError(f"generation_batch_size={self.generation_batch_size} must be a multiple of "
                              f"per_device_train_batch_size={self.per_device_train_batch_size}")  # fmt: skip
-        if self.exploration == "gumbel" and self.thinking_mode not in (None, "soft"):
-            raise ValueError(f"exploration=gumbel perturbs soft thinking steps: it needs thinking_mode=soft, not {self.thinking_mode}")
-        if self.thinking_mode == "soft" and self.exploration in ("dropout", "gaussian"):
-            raise ValueError(f"thinking_mode=soft takes exploration none or gumbel, not {self.exploration}")
+        self.check_source_fits_mode(self.thinking_mode)
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions")
         return self
