@@ -131,6 +131,7 @@ def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
 
 
 def test_tensorboard_through_accelerate_beside_the_jsonl_log(tmp_path):
+    pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     out = tmp_path / "run"
     assert main(["sft", f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0",
                  "report_to=[jsonl, tensorboard]"]) == 0  # fmt: skip

@@ -41,10 +41,20 @@ class CheckpointError(IncompatibleModelError):
 def quiet_hf() -> Iterator[None]:
     """Silence transformers' progress bars ("Loading weights", "Writing model shards") inside the block.
 
-    Uses a tqdm hook, so the global enable/disable switch of transformers and of huggingface_hub
-    (and its ``HF_HUB_DISABLE_PROGRESS_BARS`` setting) is left untouched; the previous hook comes back
-    on exit. Wrap ``save_pretrained`` with it too.
+    Uses a tqdm hook (transformers >= 5), so the global enable/disable switch of transformers and of
+    huggingface_hub (and its ``HF_HUB_DISABLE_PROGRESS_BARS`` setting) is left untouched; the previous
+    hook comes back on exit. Older transformers have only the global switch, set back on exit.
+    Wrap ``save_pretrained`` with it too.
     """
+    if not hasattr(hf_logging, "set_tqdm_hook"):  # transformers < 5: only the global switch exists
+        enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()
+        try:
+            yield
+        finally:
+            if enabled:
+                hf_logging.enable_progress_bar()
+        return
     previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: hf_logging.EmptyTqdm(*args, **kwargs))
     try:
         yield
