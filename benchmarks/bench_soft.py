@@ -3,7 +3,7 @@ by phase with peak memory (against a discrete GRPO step and a Dropout-GRPO step)
 
     python benchmarks/bench_soft.py [--out benchmarks/results/soft_step.json] [--threads 2]
         [--positions 32] [--tiny-rounds 10] [--smollm2-rounds 5] [--smollm2-dir /tmp/latentrl_smollm2]
-        [--skip-smollm2] [--grpo-repeats 3] [--smollm2-grpo-repeats 2]
+        [--skip-smollm2] [--grpo-repeats 3] [--smollm2-grpo-repeats 1]
 
 **(a) Per-position cost.** The same batch and the same number of positions ``T`` through
 ``thinking_mode("discrete").generate`` (cached decoding, greedy) and ``thinking_mode("soft").generate``
@@ -82,6 +82,23 @@ CHILD_MARK = "BENCH_SOFT_CHILD_RESULT "
 
 def loadavg():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """``(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children)``;
+    the difference of two snapshots' deltas is the CPU time other processes took meanwhile."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(parts[:3]) + sum(parts[5:8])  # user nice system (idle iowait skipped) irq softirq steal
+    own = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for k in ("ru_utime", "ru_stime"))  # fmt: skip
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+def other_cpu_seconds(since: tuple[float, float]) -> float:
+    """CPU seconds other processes used since the snapshot ``since`` (0 on an otherwise idle machine)."""
+    busy, own = cpu_snapshot()
+    return round(max(0.0, (busy - since[0]) - (own - since[1])), 2)
 
 
 def env_info(threads: int) -> dict:
@@ -164,7 +181,7 @@ def step_cost(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, r
         out = fn()
         return time.perf_counter() - t, out
 
-    load_before = loadavg()
+    load_before, cpu0 = loadavg(), cpu_snapshot()
     checks = {}
     for key, fn in runs.items():  # warm-up, and check that every run has exactly T positions
         _, gen = timed(fn)
@@ -217,6 +234,7 @@ def step_cost(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, r
         "target_ratio": 1.2,
         "loadavg_before": load_before,
         "loadavg_after": load_after,
+        "other_processes_cpu_seconds": other_cpu_seconds(cpu0),
     }
 
 
@@ -266,7 +284,7 @@ def grpo_child(name: str, args) -> dict:
     optimizer.register_step_pre_hook(lambda *_: opt_clock.__setitem__("start", time.perf_counter()))
     optimizer.register_step_post_hook(lambda *_: opt_clock.__setitem__("total", opt_clock["total"] + time.perf_counter() - opt_clock["start"]))
     rss_before, peak_before = rss_now_mib(), peak_rss_mib()
-    load_before = loadavg()
+    load_before, cpu0 = loadavg(), cpu_snapshot()
     steps = []
     for step in range(args.repeats + 1):  # step 0 is the warm-up
         batch = pool[step * n_prompts : (step + 1) * n_prompts]
@@ -324,6 +342,7 @@ def grpo_child(name: str, args) -> dict:
         "torch_threads": torch.get_num_threads(),
         "loadavg_before": load_before,
         "loadavg_after": loadavg(),
+        "other_processes_cpu_seconds": other_cpu_seconds(cpu0),
     }
 
 
@@ -372,7 +391,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--data", default=DEFAULT_GSM8K, help="GSM8K jsonl for the SmolLM2 GRPO step's prompts")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--grpo-repeats", type=int, default=3, help="timed GRPO steps after a warm-up (tiny)")
-    ap.add_argument("--smollm2-grpo-repeats", type=int, default=2, help="timed GRPO steps after a warm-up (SmolLM2)")
+    ap.add_argument("--smollm2-grpo-repeats", type=int, default=1, help="timed GRPO steps after a warm-up (SmolLM2)")
     ap.add_argument("--max-completion-length", type=int, default=32)
     ap.add_argument("--child", choices=sorted(GRPO_RUNS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -382,7 +401,9 @@ def main(argv: list[str] | None = None) -> dict | None:
         return None
 
     torch.set_num_threads(args.threads)
-    start, load_start = time.perf_counter(), loadavg()
+    start, load_start, cpu0 = time.perf_counter(), loadavg(), cpu_snapshot()
+    if load_start and load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} at the start: other processes skew the timings")
     result = {"benchmark": "soft_step", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
               "env": env_info(args.threads), "command": "python benchmarks/bench_soft.py " + " ".join(argv or sys.argv[1:]),
               "step_cost": {}, "grpo_step": {}}  # fmt: skip
@@ -414,6 +435,7 @@ def main(argv: list[str] | None = None) -> dict | None:
         "grpo_peak_rss_mib": {k: v["memory_mib"]["peak_rss_end"] for k, v in result["grpo_step"].items()},
     }  # fmt: skip
     result["env"]["loadavg_start"], result["env"]["loadavg_end"] = load_start, loadavg()
+    result["env"]["other_processes_cpu_seconds"] = other_cpu_seconds(cpu0)  # over the whole run
     result["wall_seconds"] = time.perf_counter() - start
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

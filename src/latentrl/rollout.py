@@ -17,6 +17,7 @@ import torch
 from latentrl.exploration import Exploration
 from latentrl.models import Generation
 from latentrl.models.layout import ThinkingConfig, encode_prompt
+from latentrl.models.readout import FULL_POLICY, PolicyHead
 from latentrl.models.thinking import thinking_mode
 from latentrl.models.thinking.logprobs import LogProbs
 from latentrl.models.thinking.soft import SoftTrace
@@ -186,8 +187,10 @@ def replaying_mode(record):
     return thinking_mode("soft" if getattr(record, "soft", None) is not None else "coconut")
 
 
-def completion_logps(model, r: Rollout, exploration: Exploration, temperature: float = 1.0) -> LogProbs:
+def completion_logps(model, r: Rollout, exploration: Exploration, temperature: float = 1.0,
+                     head: PolicyHead = FULL_POLICY) -> LogProbs:  # fmt: skip
     """Log-probs of the completion positions given the prompt and the thinking replayed from the record
-    (latent trajectory under the recorded noise, or the soft steps' recorded inputs); gradients flow
-    through the latent trajectory, not through the soft mixtures."""
-    return replaying_mode(r).completion_logps(model, r, exploration, temperature)
+    (latent trajectory under the recorded noise, or the soft steps' recorded inputs), under ``head``'s
+    policy (the full one, or an internal layer's: BuPO); gradients flow through the latent trajectory,
+    not through the soft mixtures."""
+    return replaying_mode(r).completion_logps(model, r, exploration, temperature, head)

@@ -14,6 +14,8 @@ Shape legend: ``B`` rows, ``T`` positions, ``D`` hidden size, ``V`` vocabulary.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -48,4 +50,71 @@ def unembedding(model: torch.nn.Module) -> torch.Tensor:
     return head.weight
 
 
-__all__ = ["final_norm", "layer_logits", "token_entropy", "unembedding"]
+
+
+# ---------------------------------------------------------------------------------------------- policy heads
+
+MODULE_NAMES = {"attn": ("attn", "self_attn", "self_attention", "attention"), "ffn": ("mlp", "feed_forward", "ffn")}
+
+
+@dataclass(frozen=True)
+class PolicyHead:
+    """Which policy the log-probs are read from: the full one (``layer=None``), or layer ``l``'s internal
+    policy (1 <= l <= L, HF's numbering: the output of block l) from its residual stream, attention
+    output or FFN output, with or without the final norm."""
+
+    layer: int | None = None
+    module: str = "residual"
+    final_norm: bool = False
+
+    @property
+    def full(self) -> bool:
+        return self.layer is None
+
+
+FULL_POLICY = PolicyHead()
+
+
+class ReadoutTap:
+    """A forward hook on the module a head reads, keeping its output (with gradient) per model call;
+    ``hidden()`` concatenates the calls along positions (the latent forward calls the model per segment)."""
+
+    def __init__(self, model: torch.nn.Module, head: PolicyHead):
+        from latentrl.exploration.dropout import decoder_blocks
+
+        blocks = decoder_blocks(model)
+        if not 1 <= head.layer <= len(blocks):
+            raise ValueError(f"bupo_layer={head.layer} is outside {type(model).__name__}'s layers 1..{len(blocks)}")
+        block = blocks[head.layer - 1]
+        if head.module == "residual":
+            self.module = block
+        else:
+            names = MODULE_NAMES.get(head.module, ())
+            self.module = next((getattr(block, n) for n in names if isinstance(getattr(block, n, None), torch.nn.Module)), None)
+            if self.module is None:
+                raise ValueError(f"bupo_module={head.module!r}: {type(block).__name__} (block {head.layer} of "
+                                 f"{type(model).__name__}) has no such module")  # fmt: skip
+        self.parts: list[torch.Tensor] = []
+        self.handle = None
+
+    def __enter__(self) -> ReadoutTap:
+        self.handle = self.module.register_forward_hook(
+            lambda m, a, o: self.parts.append(o[0] if isinstance(o, tuple) else o))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.handle.remove()
+
+    def hidden(self) -> torch.Tensor:  # [B, L, D]
+        return torch.cat(self.parts, dim=1)
+
+
+def head_logits(model: torch.nn.Module, head: PolicyHead, hidden: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """The internal policy's logits ``[B, L, V]`` from the tapped ``hidden [B, L, D]``. The last layer's
+    residual read-out is always normed (HF's ``hidden_states[L]``: the full policy)."""
+    normed = head.final_norm or (head.module == "residual" and head.layer == num_layers)
+    return layer_logits(hidden, unembedding(model), final_norm(model) if normed else None)
+
+
+__all__ = ["FULL_POLICY", "PolicyHead", "ReadoutTap", "final_norm", "head_logits", "layer_logits", "token_entropy",
+           "unembedding"]  # fmt: skip

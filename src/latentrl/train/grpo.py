@@ -24,6 +24,7 @@ from accelerate.utils import set_seed
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
 from latentrl.models.layout import check_fits_context, encode_prompt, model_context_length
+from latentrl.models.readout import FULL_POLICY, PolicyHead, ReadoutTap
 from latentrl.models.thinking import thinking_mode
 from latentrl.rollout import Rollout, completion_logps, roll_out, score
 from latentrl.train import common
@@ -131,7 +132,7 @@ def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
 
 
 def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator=None,
-           step: int = 0) -> dict[str, float]:  # fmt: skip
+           step: int = 0, head=FULL_POLICY) -> dict[str, float]:  # fmt: skip
     """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched).
 
     Normalisers are global: ``B`` counts the rollouts and ``tokens`` the completion tokens of all
@@ -150,7 +151,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             part = rollout.select(slice(start, start + mb))
             t = time.perf_counter()
             with autocast(accelerator):
-                lp = completion_logps(model, part, exploration, cfg.temperature)
+                lp = completion_logps(model, part, exploration, cfg.temperature, head)
             timings["time/logprob"] += time.perf_counter() - t
             loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.action_mask, part.ref_logps,
                                   cfg.beta, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, cfg.importance_sampling_level,
@@ -180,7 +181,8 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
 
 
 @torch.no_grad()
-def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, accelerator=None) -> None:
+def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, accelerator=None,
+                           head=FULL_POLICY) -> None:  # fmt: skip
     """Step 4: log-probs of the sampling policy (when reused over several iterations) and of the
     reference, both under the rollout's recorded noise."""
     mb = cfg.per_device_train_batch_size
@@ -189,9 +191,10 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
         return
     with autocast(accelerator):
         if cfg.num_iterations > 1:
-            rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature).logps for p in parts])
+            rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature, head).logps for p in parts])
         if ref_model is not None:
-            rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature).logps for p in parts])
+            rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature, head).logps
+                                           for p in parts])  # fmt: skip
 
 
 def step_inputs(cfg: GRPOConfig, pool, step: int, accelerator):
@@ -214,12 +217,13 @@ def learn(model, ref_model, rollout: Rollout, cfg: GRPOConfig, exploration, opti
     takes part in the collectives, also one whose groups were all dropped."""
     if not common.sum_over_processes([len(rollout.seeds)], accelerator)[0]:
         return {}  # every group of the step was dropped (skip_zero_std_groups)
-    metrics = {}
+    head = cfg.policy_head(step - 1)  # BuPO: an internal layer's policy in phase 1
+    metrics = {"bupo/layer": head.layer or 0} if cfg.bupo_layer is not None else {}
     if cfg.num_iterations > 1 or ref_model is not None:
         t = time.perf_counter()
-        fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration, accelerator)
+        fill_old_and_ref_logps(model, ref_model, rollout, cfg, exploration, accelerator, head)
         metrics["time/old_ref_logprob"] = time.perf_counter() - t
-    return metrics | update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator, step)
+    return metrics | update(model, rollout, cfg, exploration, optimizer, scheduler, accelerator, step, head)
 
 
 @dataclass
@@ -256,6 +260,8 @@ def build_setup(cfg: GRPOConfig, run: Run) -> GRPOSetup:
     ref_model = None
     if cfg.beta:
         ref_model = common.load_or_build(cfg.model_name_or_path, {}, cfg.seed)[0].eval().requires_grad_(False).to(acc.device)
+    if cfg.bupo_layer is not None:
+        ReadoutTap(model, PolicyHead(cfg.bupo_layer, cfg.bupo_module, cfg.bupo_final_norm))  # a bad layer or module: an error now
     reward_funcs = [load_reward_func(s) for s in cfg.reward_funcs]
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler_type, optimizer, num_warmup_steps=cfg.warmup_steps,

@@ -64,6 +64,15 @@ class GRPOConfig(ThinkingArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs
     mask_truncated_completions: bool = Field(False, description="Drop completions without eos.")
     skip_zero_std_groups: bool = Field(False, description="Drop groups whose rewards are all equal.")
     eval_steps: int = Field(0, ge=0, description="Greedy validation accuracy every N steps (0: off).")
+    bupo_layer: int | None = Field(
+        None, ge=1, description="BuPO: for the first bupo_steps steps optimise layer l's internal policy (1..L, the "
+                                "output of block l); None: off.",
+    )  # fmt: skip
+    bupo_steps: int = Field(0, ge=0, description="BuPO: steps of phase 1 (on the internal policy), then ordinary GRPO.")
+    bupo_module: Literal["residual", "attn", "ffn"] = Field(
+        "residual", description="BuPO: read the internal policy from the residual stream, the attention or the FFN output."
+    )
+    bupo_final_norm: bool = Field(False, description="BuPO: apply the final norm before the read-out (the logit lens).")
 
     @field_validator("reward_funcs")
     @classmethod
@@ -81,9 +90,22 @@ class GRPOConfig(ThinkingArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs
             raise ValueError(f"generation_batch_size={self.generation_batch_size} must be a multiple of "
                              f"per_device_train_batch_size={self.per_device_train_batch_size}")  # fmt: skip
         self.check_source_fits_mode(self.thinking_mode)
+        if self.bupo_steps > self.max_steps:
+            raise ValueError(f"bupo_steps={self.bupo_steps} is larger than max_steps={self.max_steps}")
+        if self.bupo_steps and self.bupo_layer is None:
+            raise ValueError("bupo_steps needs bupo_layer (the layer whose internal policy phase 1 optimises)")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.reward_funcs):
             raise ValueError(f"reward_weights has {len(self.reward_weights)} weights for {len(self.reward_funcs)} reward functions")
         return self
+
+
+    def policy_head(self, step: int):
+        """The policy step ``step`` (0-based) optimises: layer ``bupo_layer``'s during BuPO's phase 1, else the full one."""
+        from latentrl.models.readout import FULL_POLICY, PolicyHead
+
+        if self.bupo_layer is not None and step < self.bupo_steps:
+            return PolicyHead(self.bupo_layer, self.bupo_module, self.bupo_final_norm)
+        return FULL_POLICY
 
 
 with_defaults(GRPOConfig, output_dir="runs/grpo", exploration="dropout", learning_rate=1e-4, weight_decay=0.0, num_train_examples=2000,

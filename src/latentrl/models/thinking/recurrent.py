@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 
 from latentrl.models.latent import generate, latent_forward
+from latentrl.models.readout import FULL_POLICY
+from latentrl.models.thinking.logprobs import read_out
 
 
 class LatentForwardThinking:
@@ -22,15 +24,17 @@ class LatentForwardThinking:
     def generate(self, model, prompts, thinking, *, exploration, **decode):
         return generate(model, prompts, latent_token_id=thinking.latent_token_id, exploration=exploration, **decode)
 
-    def completion_logps(self, model, record, exploration, temperature: float):
+    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
+        """``head``: the full policy, or an internal layer's (BuPO), read from the same forward."""
         from latentrl.models.thinking.logprobs import LogProbs, token_logps
 
         ids = torch.cat([record.prompt_ids, record.completion_ids], dim=1)  # [B, P+T]
         mask = torch.cat([record.prompt_mask, record.completion_mask], dim=1)  # [B, P+T]
         latent = torch.cat([record.latent_mask, torch.zeros_like(record.completion_mask, dtype=torch.bool)], dim=1)
         P = record.prompt_ids.shape[1]
-        with exploration.session(model, record.seeds):
-            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P).logits[:, P - 1 : -1]  # [B, T, V]
+        with exploration.session(model, record.seeds), read_out(model, head) as policy:
+            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P).logits
+        logits = policy(logits)[:, P - 1 : -1]  # [B, T, V]
         logps, entropy = token_logps(logits, record.completion_ids, temperature)
         return LogProbs(logps, entropy)
 

@@ -222,9 +222,10 @@ class _LoopState:
         return r["tokens"], r["logps"], trace
 
 
-def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace):
-    """Logits of every completion position ``[B, T, V]`` with the soft steps' inputs rebuilt from the
-    record and detached: one forward over prompt + completion."""
+def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace,
+                           full: bool = False):  # fmt: skip
+    """Logits of every completion position ``[B, T, V]`` (``full``: of every position, ``[B, P+T, V]``)
+    with the soft steps' inputs rebuilt from the record and detached: one forward over prompt + completion."""
     from latentrl.models.latent import position_ids_from_mask
 
     embed = model.get_input_embeddings()
@@ -235,7 +236,7 @@ def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, compl
     mix = mixture_embedding(embed.weight, trace.ids, trace.weights()).detach()  # [B, T, D]
     x = torch.cat([x[:, :P], torch.where(trace.soft_mask[..., None], mix, x[:, P:])], dim=1)
     out = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    return out.logits[:, P - 1 : -1]  # [B, T, V]
+    return out.logits if full else out.logits[:, P - 1 : -1]  # [B, T, V]
 
 
 def soft_step_logps(logits: torch.Tensor, trace: SoftTrace) -> torch.Tensor:

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from latentrl.models.thinking.logprobs import LogProbs, token_logps
+from latentrl.models.readout import FULL_POLICY
+from latentrl.models.thinking.logprobs import LogProbs, read_out, token_logps
 from latentrl.models.thinking.soft import soft_completion_logits, soft_generate, soft_step_logps
 
 
@@ -39,9 +40,11 @@ class SoftThinking:
         return Generation(prompt_ids, prompt_mask, no_latent, tokens, (~after_eos).long(), logps.masked_fill(after_eos, 0.0),
                           ~is_eos.any(1), None, seeds, soft=trace)  # fmt: skip
 
-    def completion_logps(self, model, record, exploration, temperature: float):
-        logits = soft_completion_logits(model, record.prompt_ids, record.prompt_mask, record.completion_ids,
-                                        record.completion_mask, record.soft)  # fmt: skip
+    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
+        with read_out(model, head) as policy:
+            logits = soft_completion_logits(model, record.prompt_ids, record.prompt_mask, record.completion_ids,
+                                            record.completion_mask, record.soft, full=True)  # fmt: skip
+        logits = policy(logits)[:, record.prompt_ids.shape[1] - 1 : -1]  # [B, T, V]
         answer, entropy = token_logps(logits, record.completion_ids, temperature)  # [B, T]
         thinking = soft_step_logps(logits, record.soft)  # [B, T]
         return LogProbs(torch.where(record.soft.soft_mask, thinking, answer), entropy)
