@@ -166,15 +166,17 @@ def analyze_batch(model, record, table: EntropyTable, use_final_norm: bool) -> N
             mask = torch.cat([record.prompt_mask, record.completion_mask], dim=1)
             latent = torch.cat([record.latent_mask, torch.zeros_like(record.completion_mask, dtype=torch.bool)], dim=1)
             latent_forward(model, ids, mask, latent)
-    scored = torch.zeros(ids_shape := (record.prompt_ids.shape[0], P + T), dtype=torch.bool, device=record.prompt_ids.device)
+    scored = torch.zeros((record.prompt_ids.shape[0], P + T), dtype=torch.bool, device=record.prompt_ids.device)
     scored[:, P - 1 : P - 1 + T] = record.completion_mask.bool()  # the positions that chose each generated token
     steps = thinking_step_index(record)
+    used = scored | (steps >= 0)  # read out only where something is averaged: [N] positions, not [B, P+T]
     W, norm, last = unembedding(model), final_norm(model), len(taps.modules) - 1
     for layer in range(len(taps.modules)):
         for name in ("residual", "attn", "ffn", "attn_in", "ffn_in"):
-            x = taps.get(layer, "block" if name == "residual" else name)[:, : ids_shape[1]]
+            x = taps.get(layer, "block" if name == "residual" else name)[:, : P + T][used]  # [N, D]
             normed = use_final_norm or (name == "residual" and layer == last)  # HF: hidden_states[L] is normed
-            entropy = token_entropy(layer_logits(x, W, norm if normed else None))  # [B, P+T]
+            entropy = torch.zeros(used.shape, device=x.device)
+            entropy[used] = token_entropy(layer_logits(x[None], W, norm if normed else None))[0]  # [B, P+T]
             table.add(name, layer, entropy, scored, steps)
     table.count += int(scored.sum())
 
