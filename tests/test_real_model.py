@@ -301,3 +301,10 @@ def test_a_failed_write_leaves_the_old_folder(fake_gguf, tmp_path, monkeypatch):
         convert_gguf(fake_gguf, out, overwrite=True)
     assert [p.name for p in out.iterdir()] == ["mine.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "tiny.gguf"]
+
+
+def test_the_default_end_of_thinking_is_the_first_token_of_the_answer_prefix(smollm2):
+    _, tokenizer, thinking = smollm2
+    soft = thinking.with_soft(tokenizer)
+    first = tokenizer("### ", add_special_tokens=False).input_ids[0]
+    assert soft.end_of_thinking_id == first and tokenizer.decode([first]) == "###"  # one BPE token, not '#'

@@ -138,3 +138,60 @@ def test_tensorboard_through_accelerate_beside_the_jsonl_log(tmp_path):
     events = list((out / "tensorboard").rglob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
     assert len(read_log(out / "log.jsonl")) == 6
+
+
+def test_a_folder_without_run_json_keeps_the_users_files(tmp_path, capsys):
+    """A fresh run mends and deletes only what a run writes: the user's own *.old, *.tmp and configs stay."""
+    out = tmp_path / "run"
+    for d in ("results", "results.old", "data.old", "scratch.tmp"):
+        (out / d).mkdir(parents=True)
+    (out / "my_config.yaml").write_text("mine\n")
+    assert main(["sft", f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
+    assert {p.name for p in out.iterdir()} >= {"results", "results.old", "data.old", "scratch.tmp", "my_config.yaml"}
+    assert not (out / "data").exists() and (out / "my_config.yaml").read_text() == "mine\n"
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "log.jsonl").write_text('{"step": 1}\n')
+    capsys.readouterr()
+    assert main(["sft", f"output_dir={other}", *TINY, "mode=cot", "num_train_epochs=1"]) == 2  # another run's log
+    assert "log.jsonl" in capsys.readouterr().err and (other / "log.jsonl").read_text() == '{"step": 1}\n'
+
+
+def test_a_resume_before_any_checkpoint_records_the_new_config(tmp_path):
+    out = tmp_path / "run"
+    base = [f"output_dir={out}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]
+    assert main(["sft", *base]) == 0
+    import shutil
+
+    shutil.rmtree(out / "final")  # as if killed before its first checkpoint
+    assert main(["sft", *base, "learning_rate=0.002", "resume_from_checkpoint=true"]) == 0
+    assert "learning_rate: 0.002" in (out / "config.yaml").read_text()
+    assert main(["sft", *base, "learning_rate=0.002"]) == 0  # the recorded config is the one it ran with
+
+
+def test_the_loss_window_survives_a_resume(tmp_path):
+    args = [*TINY, "mode=cot", "num_train_epochs=2", "save_steps=2", "logging_steps=4"]
+    assert main(["sft", f"output_dir={tmp_path / 'full'}", *args]) == 0
+    assert main(["sft", f"output_dir={tmp_path / 'cut'}", *args, "max_steps=6"]) == 0
+    assert main(["sft", f"output_dir={tmp_path / 'cut'}", *args, "resume_from_checkpoint=true"]) == 0
+    full, cut = read_log(tmp_path / "full" / "log.jsonl"), read_log(tmp_path / "cut" / "log.jsonl")
+    assert [(r["step"], r["loss"]) for r in full] == [(r["step"], r["loss"]) for r in cut]
+
+
+def test_no_optimizer_step_in_an_epoch_is_an_error(tmp_path, capsys):
+    assert main(["sft", f"output_dir={tmp_path / 'run'}", *TINY, "mode=cot", "num_train_examples=8",
+                 "per_device_train_batch_size=8", "gradient_accumulation_steps=2"]) == 2  # fmt: skip
+    assert "no optimizer step" in capsys.readouterr().err
+
+
+def test_an_explicit_resume_after_load_best_model_at_end_continues_from_the_last_state(tmp_path, monkeypatch):
+    from latentrl.train import common
+
+    scores = iter([1.0, 0.5, 0.5, 1.0, 0.5, 0.5])  # the best epoch is the first
+    monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: next(scores))
+    args = [*TINY, "mode=cot", "save_steps=0", "eval_strategy=epoch", "eval_n=4", "load_best_model_at_end=true"]
+    assert main(["sft", f"output_dir={tmp_path / 'full'}", *args, "num_train_epochs=3"]) == 0
+    assert main(["sft", f"output_dir={tmp_path / 'cut'}", *args, "num_train_epochs=2"]) == 0
+    assert main(["sft", f"output_dir={tmp_path / 'cut'}", *args, "num_train_epochs=3", "resume_from_checkpoint=true"]) == 0
+    full, cut = read_log(tmp_path / "full" / "log.jsonl"), read_log(tmp_path / "cut" / "log.jsonl")
+    assert [r.get("loss") for r in full] == [r.get("loss") for r in cut]

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from latentrl.exploration.args import ExplorationArgs
@@ -25,6 +25,12 @@ from latentrl.rewards import answers_match, extract_answer, normalize_answer
 
 class EvalConfig(ThinkingArgs, ExplorationArgs):
     """Config of ``latentrl eval``."""
+
+    @model_validator(mode="after")
+    def _bma_needs_latent_thinking(self):
+        if self.mc_masks and self.thinking_mode == "soft":
+            raise ValueError("mc_masks (dropout masks on the latent phase) does not apply to soft thinking")
+        return self
 
     checkpoint: str = Field("", description="Checkpoint directory (or hub id).")
     task: str | None = Field(None, description="Task name (synthetic) or file format.")

@@ -117,7 +117,10 @@ def sft_data_of(checkpoint: str) -> dict:
     from latentrl.config import load_config
     from latentrl.train.sft import SFTConfig
 
-    path = Path(checkpoint).parent / "config.yaml"
+    folder = Path(checkpoint).parent
+    path = folder / "config.yaml"
+    if (folder / "run.json").exists():  # the config in force last (a resume may have changed it)
+        path = folder / json.loads((folder / "run.json").read_text())["configs"][-1]
     if not path.exists():
         raise ValueError(f"data=sft needs the SFT run's config next to its checkpoint: {path} not found")
     run = load_config(SFTConfig, path)

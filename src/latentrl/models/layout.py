@@ -134,10 +134,11 @@ class ThinkingConfig:
         from dataclasses import replace
 
         cfg = replace(self, thinking_mode="soft", **{k: v for k, v in keys.items() if v is not None})
-        text = cfg.end_of_thinking or cfg.answer_prefix.strip()[:1] or cfg.answer_prefix
+        text = cfg.end_of_thinking or cfg.answer_prefix
         ids = tokenizer(text, add_special_tokens=False).input_ids
-        if cfg.end_of_thinking is None and len(ids) > 1:  # the answer prefix's first token
+        if cfg.end_of_thinking is None:  # the answer prefix's first token ('#' by characters, '###' for a BPE)
             ids = ids[:1]
+            text = tokenizer.decode(ids)
         if len(ids) != 1 or ids[0] == tokenizer.unk_token_id:
             raise ValueError(f"end_of_thinking {text!r} is not one token of this tokenizer (it encodes to {ids}); "
                              "give a string that is a single token, e.g. '</think>' for a chat model")  # fmt: skip

@@ -39,7 +39,7 @@ from accelerate.tracking import GeneralTracker
 
 from latentrl.config import ConfigError, config_to_dict, load_config, save_config
 from latentrl.errors import NonFiniteError
-from latentrl.fsutil import OutputDirError, atomic_write_text, check_output_dir
+from latentrl.fsutil import atomic_write_text, check_output_dir
 from latentrl.models.checkpoint import (
     CheckpointStateError, load_tensor_state, load_trainer_state, recover_swap, save_checkpoint, verify_checkpoint,
 )  # fmt: skip
@@ -108,10 +108,15 @@ def checkpoints(output_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+_OURS = re.compile(r"^(checkpoint-\d+|stage-\d+|final|best)$")  # the folders a run writes (and may mend)
+_CONFIGS = re.compile(r"^config(-resume-\d+)?\.yaml$")
+
+
 def _artifacts(out: Path) -> list[Path]:
-    names = ("final", "best", LOG_FILE, "tensorboard", RUN_FILE)
-    return checkpoints(out) + [out / n for n in names if (out / n).exists()] + sorted(out.glob("stage-*")) + sorted(
-        out.glob("config*.yaml"))  # fmt: skip
+    """What a run writes in its folder (and ``overwrite_output_dir`` deletes): nothing else is touched."""
+    names = (LOG_FILE, "tensorboard", RUN_FILE)
+    return ([p for p in sorted(out.iterdir()) if _OURS.match(p.name) or _CONFIGS.match(p.name)] if out.is_dir() else []) + [
+        out / n for n in names if (out / n).exists()]  # fmt: skip
 
 
 def _wipe(out: Path) -> None:
@@ -160,17 +165,17 @@ def _intact_candidates(out: Path, run_id: str) -> list[tuple[Path, dict]]:
 def settle_folder(cfg, command: str, fixed_keys: tuple[str, ...]) -> Resume:
     """Steps 1-3 of the module docstring, on the main process; returns where the run starts."""
     out = Path(cfg.output_dir)
-    for path in checkpoints(out) + [out / n for n in ("final", "best")] + sorted(out.glob("stage-*")):
-        recover_swap(path)
-    for leftover in list(out.glob("*.tmp")) + list(out.glob("*.old")):
-        recover_swap(leftover.with_suffix(""))
+    for leftover in list(out.glob("*.tmp")) + list(out.glob("*.old")):  # a crash in a checkpoint's swap
+        if _OURS.match(leftover.with_suffix("").name):
+            recover_swap(leftover.with_suffix(""))
     if cfg.overwrite_output_dir:
         _wipe(out)
-    info = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).exists() else None
+    info = _read_run_file(out)
     if info is None:
-        if checkpoints(out) or (out / "final").exists():
-            raise RunError(f"output_dir {out} holds checkpoints but no {RUN_FILE}: they are not this run's; choose "
-                           "another output_dir or set overwrite_output_dir=true")  # fmt: skip
+        foreign = [p.name for p in _artifacts(out)]
+        if foreign:
+            raise RunError(f"output_dir {out} holds {', '.join(foreign[:4])} but no {RUN_FILE}: they are not this "
+                           "run's; choose another output_dir or set overwrite_output_dir=true")  # fmt: skip
         _start_fresh(cfg, out, command)
         return Resume()
     if info.get("command") != command:
@@ -189,13 +194,32 @@ def settle_folder(cfg, command: str, fixed_keys: tuple[str, ...]) -> Resume:
     return _resume_point(cfg, out, info, changed)
 
 
-def _start_fresh(cfg, out: Path, command: str) -> None:
+def _read_run_file(out: Path) -> dict | None:
+    """``run.json`` of the folder, checked (RunError naming the file when it is damaged), or None."""
+    path = out / RUN_FILE
+    if not path.exists():
+        return None
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path} is unreadable ({err}); restore it, or set overwrite_output_dir=true") from None
+    ok = isinstance(info, dict) and isinstance(info.get("run_id"), str) and isinstance(info.get("command"), str)
+    if not ok or not isinstance(info.get("configs"), list) or not info["configs"]:
+        raise RunError(f"{path} is damaged (needs run_id, command and a non-empty configs list); restore it, or set "
+                       "overwrite_output_dir=true")  # fmt: skip
+    return info
+
+
+def _start_fresh(cfg, out: Path, command: str, run_id: str | None = None) -> None:
+    """Record the run: ``config.yaml`` (the config it starts with) and ``run.json``; the log starts empty."""
     out.mkdir(parents=True, exist_ok=True)
-    for stale in (out / LOG_FILE, out / "tensorboard"):
+    for stale in (out / LOG_FILE, out / "tensorboard"):  # only this run's own (no checkpoint was written yet)
         if stale.exists():
             shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
+    for old in out.glob("config-resume-*.yaml"):
+        old.unlink()
     save_config(cfg, out / "config.yaml")
-    info = {"run_id": uuid.uuid4().hex, "command": command, "configs": ["config.yaml"]}
+    info = {"run_id": run_id or uuid.uuid4().hex, "command": command, "configs": ["config.yaml"]}
     atomic_write_text(out / RUN_FILE, json.dumps(info, indent=1) + "\n")
 
 
@@ -209,9 +233,11 @@ def _resume_point(cfg, out: Path, info: dict, changed: dict) -> Resume:
     elif not candidates and (checkpoints(out) or (out / "final").exists()):
         raise RunError(f"every checkpoint in {out} is damaged (see the warnings above); the run will not restart "
                        "from step 0 over them: delete them or set overwrite_output_dir=true")  # fmt: skip
-    if not candidates:
-        _truncate_log(out / LOG_FILE, 0)
-        return Resume(changed=changed)
+    if changed:  # a final/ holding the best epoch's weights is no state to continue from
+        candidates = [(p, st) for p, st in candidates if not st.get("holds_best")]
+    if not candidates:  # nothing was saved yet: the run starts over, under this config
+        _start_fresh(cfg, out, info["command"], info["run_id"])
+        return Resume()
     path, state = candidates[-1]
     _truncate_log(out / LOG_FILE, state.get("log_lines", 0))
     if changed:
@@ -334,7 +360,7 @@ class Run:
         if self.main:
             try:
                 result = [settle()]
-            except (RunError, ConfigError, OutputDirError) as err:
+            except Exception as err:  # noqa: BLE001 - every process raises the main process's error
                 result = [err]
         if self.accelerator.num_processes > 1:
             broadcast_object_list(result, from_process=0)

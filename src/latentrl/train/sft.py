@@ -52,6 +52,17 @@ def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     )
 
 
+def steps_per_epoch(n_examples: int, cfg: SFTConfig, world: int) -> int:
+    """Optimizer steps in an epoch, with the loop's own arithmetic (ValueError when there is none)."""
+    micro = math.ceil((n_examples // world) / cfg.per_device_train_batch_size)
+    steps = micro // cfg.gradient_accumulation_steps
+    if steps == 0:
+        raise ValueError(f"an epoch of {n_examples} examples over {world} process(es) gives {micro} micro-batches of "
+                         f"{cfg.per_device_train_batch_size}, fewer than gradient_accumulation_steps="
+                         f"{cfg.gradient_accumulation_steps}: no optimizer step; use more examples or smaller batches")  # fmt: skip
+    return steps
+
+
 @dataclass
 class SFTProgress:
     """Where an SFT run is; saved in every checkpoint's ``trainer_state.json``."""
@@ -63,6 +74,8 @@ class SFTProgress:
     best: dict = field(default_factory=dict)  # {"accuracy", "epoch"} of the best last-stage epoch
     stopped: str | None = None  # why training ended: epochs, plateau or budget
     finished: bool = False
+    window: list = field(default_factory=list)  # micro-batch losses since the last log (a resume keeps them)
+    holds_best: bool = False  # final/ holds the best epoch's weights, not this state's (not resumable)
 
 
 class SFTLoop:
@@ -77,7 +90,6 @@ class SFTLoop:
         self.optimizer, self.scheduler = self.new_optimizer()
         if run.resume.checkpoint is not None:
             run.restore(self.optimizer, self.scheduler)
-        self.window: list[float] = []  # micro-batch losses since the last log
         self.batches_in_epoch = 0  # optimizer steps of the current epoch
         self.tokens_seen, self.t0 = 0, time.perf_counter()
 
@@ -116,13 +128,13 @@ class SFTLoop:
         encoded = encode_epoch(examples, self.tokenizer, self.thinking, cfg, p.stage, random.Random(seed))
         check_fits_context([len(e.ids) for e in encoded], model_context_length(self.model), cfg.data_path or f"task {cfg.task!r}")
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed)).tolist()
+        order = order[: len(order) - len(order) % acc.num_processes]  # equal shards: every process steps alike
         shard = order[acc.process_index :: acc.num_processes]
         micro = [[encoded[j] for j in shard[i : i + cfg.per_device_train_batch_size]]
                  for i in range(0, len(shard), cfg.per_device_train_batch_size)]  # fmt: skip
         accum = cfg.gradient_accumulation_steps
-        usable = len(micro) - len(micro) % accum or len(micro)
-        self.batches_in_epoch = usable // accum
-        return micro[p.batch_in_epoch * accum : usable]
+        self.batches_in_epoch = len(micro) // accum  # a last incomplete accumulation is left out
+        return micro[p.batch_in_epoch * accum : self.batches_in_epoch * accum]
 
     # 4. one micro-batch forward and backward
     def backward(self, encoded) -> None:
@@ -133,7 +145,7 @@ class SFTLoop:
             loss = sft_loss(logits, b.labels.to(device))
         check_finite(loss, "the loss", self.progress.global_step + 1)
         (loss / self.cfg.gradient_accumulation_steps).backward()
-        self.window.append(loss.item())
+        self.progress.window.append(loss.item())
         self.tokens_seen += int(b.attention_mask.sum())
 
     def optimizer_step(self) -> None:
@@ -149,8 +161,9 @@ class SFTLoop:
         self.run.bar.update(1)
         # 5. log (mean loss of the window, over processes) and checkpoint
         if p.global_step % cfg.logging_steps == 0:
-            loss = common.mean_over_processes({"loss": sum(self.window) / len(self.window)}, self.accelerator)["loss"]
-            self.window = []
+            window = p.window
+            loss = common.mean_over_processes({"loss": sum(window) / len(window)}, self.accelerator)["loss"]
+            p.window = []
             self.run.log(p.global_step, {"loss": loss, "epoch": p.epoch + p.batch_in_epoch / max(1, self.batches_in_epoch),
                                          "stage": p.stage, "learning_rate": self.scheduler.get_last_lr()[0],
                                          "tokens_per_second": self.tokens_seen / (time.perf_counter() - self.t0)})  # fmt: skip
@@ -182,9 +195,13 @@ class SFTLoop:
 
     # 7. the final checkpoint
     def finish(self, stopped: str) -> Path:
+        """``final/``; with ``load_best_model_at_end`` the last state is kept as ``checkpoint-<step>`` first
+        (so that a later explicit resume continues from it, not from the best epoch's weights)."""
         self.progress.stopped, self.progress.finished = stopped, True
         if self.cfg.load_best_model_at_end and self.progress.best:
+            self.save(f"checkpoint-{self.progress.global_step}")
             self.model.load_state_dict(load_checkpoint(self.run.out / "best")[0].state_dict())
+            self.progress.holds_best = True
         return self.save("final")
 
 
@@ -203,8 +220,7 @@ def train_sft(cfg: SFTConfig) -> Path:
         model, tokenizer, _ = common.load_or_build(str(run.resume.checkpoint or cfg.model_name_or_path or ""), tiny, cfg.seed)
         model.to(run.accelerator.device)
         thinking = ThinkingConfig.from_tokenizer(tokenizer, cfg.thinking_mode, cfg.c_thought)
-        world_batch = cfg.per_device_train_batch_size * run.accelerator.num_processes * cfg.gradient_accumulation_steps
-        loop = SFTLoop(cfg, run, model, tokenizer, thinking, math.ceil(len(examples) / world_batch))
+        loop = SFTLoop(cfg, run, model, tokenizer, thinking, steps_per_epoch(len(examples), cfg, run.accelerator.num_processes))
         run.progress(loop.total_steps, f"sft[{cfg.mode}]")
         stopped = "epochs"
         for epoch in range(loop.progress.epoch, cfg.num_train_epochs):

@@ -7,6 +7,7 @@ DESIGN §2.3: top-k 5, top-p 0.95, T 1). A discrete or no-CoT checkpoint can run
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 from pydantic import Field, model_validator
@@ -38,8 +39,8 @@ class ThinkingArgs(Config):
     @model_validator(mode="after")
     def _soft_keys_need_soft(self):
         given = [k for k in SOFT_KEYS if getattr(self, k) is not None]
-        if given and self.thinking_mode not in (None, "soft"):
-            raise ValueError(f"{', '.join(given)} apply to thinking_mode=soft, not {self.thinking_mode}")
+        if given and self.thinking_mode != "soft":
+            raise ValueError(f"{', '.join(given)} apply to soft thinking: add thinking_mode=soft")
         return self
 
     def thinking_for(self, thinking, tokenizer, vocab_size: int):
@@ -50,6 +51,8 @@ class ThinkingArgs(Config):
             if given:
                 raise ValueError(f"{', '.join(given)} apply to soft thinking, but the checkpoint's thinking_mode is "
                                  f"{mode!r} (set thinking_mode=soft on a discrete checkpoint)")  # fmt: skip
+            if mode == "discrete" and thinking.thinking_mode == "soft":  # a SofT-GRPO model is a plain LM too
+                return dataclasses.replace(thinking, thinking_mode="discrete")
             if mode != thinking.thinking_mode:
                 raise ValueError(f"a {thinking.thinking_mode!r} checkpoint cannot run as thinking_mode={mode!r}")
             return thinking

@@ -120,11 +120,12 @@ class SoftTrace:
     settings: SoftSettings
     entropy: torch.Tensor  # [B, T] entropy of p at each soft step (0 elsewhere)
     differs_from_top1: torch.Tensor  # [B, T] bool, the step's token is not the top-1 id
+    forced: torch.Tensor  # [B, T] bool, an end-of-thinking token forced by the cap or Cold Stop
     stochastic: bool = True  # the steps carry noise (a policy's actions); False: plain Soft Thinking
 
     def select(self, rows) -> "SoftTrace":
         return SoftTrace(self.soft_mask[rows], self.ids[rows], self.noisy_logits[rows], self.tau, self.settings,
-                         self.entropy[rows], self.differs_from_top1[rows], self.stochastic)  # fmt: skip
+                         self.entropy[rows], self.differs_from_top1[rows], self.forced[rows], self.stochastic)  # fmt: skip
 
     def weights(self) -> torch.Tensor:  # [B, T, k]
         return torch.softmax(self.noisy_logits / self.tau, dim=-1).nan_to_num(0.0)
@@ -186,7 +187,7 @@ class _LoopState:
     def start(cls, B: int, device, settings: SoftSettings, max_new_tokens: int) -> "_LoopState":
         false = torch.zeros(B, dtype=torch.bool, device=device)
         cap = settings.max_thinking_steps if settings.max_thinking_steps is not None else max_new_tokens
-        keys = ("tokens", "logps", "soft", "ids", "noisy", "entropy", "differs")
+        keys = ("tokens", "logps", "soft", "ids", "noisy", "entropy", "differs", "forced")
         return cls(~false, false.clone(), torch.zeros(B, dtype=torch.long, device=device),
                    torch.zeros(B, dtype=torch.long, device=device), settings, cap, {k: [] for k in keys})  # fmt: skip
 
@@ -211,6 +212,7 @@ class _LoopState:
         r["noisy"].append(torch.where(soft_now[:, None], g, torch.zeros_like(g)))
         r["entropy"].append(torch.where(soft_now, entropy, torch.zeros_like(entropy)))
         r["differs"].append(soft_now & (step_tok != idx[:, 0]))
+        r["forced"].append(ends & forced & (step_tok != s.end_of_thinking_id) & (step_tok != eos_id))
         self.steps = self.steps + soft_now.long()
         self.done = self.done | (~self.thinking & (tok == eos_id)) | (ends & (step_tok == eos_id))
         self.thinking = soft_now
@@ -218,7 +220,7 @@ class _LoopState:
 
     def finish(self, tau: float, settings: SoftSettings, stochastic: bool):
         r = {k: torch.stack(v, dim=1) for k, v in self.record.items()}  # [B, T, ...]
-        trace = SoftTrace(r["soft"], r["ids"], r["noisy"], tau, settings, r["entropy"], r["differs"], stochastic)
+        trace = SoftTrace(r["soft"], r["ids"], r["noisy"], tau, settings, r["entropy"], r["differs"], r["forced"], stochastic)
         return r["tokens"], r["logps"], trace
 
 

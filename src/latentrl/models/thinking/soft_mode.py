@@ -25,7 +25,8 @@ class SoftThinking:
         from latentrl.models.latent import Generation, left_pad
 
         if not hasattr(exploration, "soft_logits"):
-            raise ValueError(f"thinking_mode 'soft' takes exploration none or gumbel, not {type(exploration).__name__}")
+            raise ValueError(f"thinking_mode 'soft' takes exploration none, gumbel, soft_gaussian or dirichlet, not "
+                             f"{type(exploration).__name__}")  # fmt: skip
         rows = [p for p in prompts for _ in range(num_generations)]
         prompt_ids, prompt_mask = (t.to(model.device) for t in left_pad(rows, pad_token_id))
         seeds = torch.zeros(len(rows), dtype=torch.long) if seeds is None else seeds
@@ -50,7 +51,9 @@ class SoftThinking:
         return LogProbs(torch.where(record.soft.soft_mask, thinking, answer), entropy)
 
     def loss_mask(self, record, exploration) -> torch.Tensor:
-        """Without noise a soft step is no action (it is a function of the prefix): only the tokens count."""
+        """Without noise a soft step is no action (it is a function of the prefix): only the tokens count.
+        An end-of-thinking token forced by the cap or Cold Stop was not chosen by the policy: it never counts."""
+        mask = record.completion_mask * (~record.soft.forced).long()
         if not record.soft.stochastic:
-            return record.completion_mask * (~record.soft.soft_mask).long()
-        return record.completion_mask
+            return mask * (~record.soft.soft_mask).long()
+        return mask
