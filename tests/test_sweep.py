@@ -172,3 +172,57 @@ def test_soft_sweep_methods_toy(tmp_path):
     assert "pass@4" in summary["soft_grpo"]["sampled"] and "paired_diff" in summary["soft_grpo"]["sampled"]["pass@4"]
     table = (out / "table.md").read_text()
     assert "Δ vs discrete_grpo" in table and "| soft_thinking |" in table and "pass@4" in table
+
+
+def test_bupo_sweep_methods_toy(tmp_path):
+    """BuPO arms: their control's run plus the sweep's bupo keys, paired with that control in the table."""
+    out = tmp_path / "sweep"
+    args = ["sweep", f"out={out}", "seeds=[0, 1]", "methods=[cot, discrete_grpo, bupo_grpo]", "baseline=cot",
+            "eval_n=6", "eval_samples=2", "data=fresh_prompts", "task_kwargs={num_steps: 2}",
+            "sft=[{mode: cot, num_train_epochs: 1, num_train_examples: 48, n_layer: 2, n_embd: 32, n_head: 2, "
+            "per_device_train_batch_size: 16}]", "bupo={bupo_layer: 1, bupo_steps: 1}",
+            "grpo={max_steps: 2, num_generations: 4, generation_batch_size: 8, per_device_train_batch_size: 8, "
+            "max_completion_length: 12}"]  # fmt: skip
+    assert main(args) == 0
+    bupo_cfg = yaml.safe_load((out / "bupo_grpo" / "seed0" / "config.yaml").read_text())
+    grpo_cfg = yaml.safe_load((out / "discrete_grpo" / "seed0" / "config.yaml").read_text())
+    assert (bupo_cfg["bupo_layer"], bupo_cfg["bupo_steps"]) == (1, 1) and grpo_cfg["bupo_steps"] == 0
+    assert {k: v for k, v in bupo_cfg.items() if not k.startswith("bupo") and k != "output_dir"} == {
+        k: v for k, v in grpo_cfg.items() if not k.startswith("bupo") and k != "output_dir"}
+    log = [json.loads(line) for line in (out / "bupo_grpo" / "seed0" / "log.jsonl").read_text().splitlines()]
+    assert [r["bupo/layer"] for r in log if "bupo/layer" in r][:2] == [1, 0]  # phase 1, then the full policy
+    summary = json.loads((out / "results.json").read_text())["summary"]
+    assert summary["bupo_grpo"]["vs_control"]["control"] == "discrete_grpo"
+    assert "paired_diff" in summary["bupo_grpo"]["vs_control"]["sampled"]["pass@2"]
+    table = (out / "table.md").read_text()
+    assert "| bupo_grpo | discrete_grpo |" in table and "tokens / solved" in table
+
+
+@pytest.mark.parametrize("keys, message", [
+    (["methods=[discrete_grpo, bupo_grpo]", "baseline=discrete_grpo"], "bupo block with bupo_layer"),
+    (["methods=[cot, bupo_grpo]", "baseline=cot", "bupo={bupo_layer: 1, bupo_steps: 1}"], "include discrete_grpo"),
+    (["methods=[cot, discrete_grpo]", "baseline=cot", "bupo={bupo_layer: 1, bupo_steps: 1}"], "no bupo_* method"),
+    (["methods=[discrete_grpo, bupo_grpo]", "baseline=discrete_grpo", "bupo={bupo_layer: 1, bupo_steps: 1, lr: 1}"],
+     "bupo_* keys only"),
+])  # fmt: skip
+def test_sweep_bupo_block_errors(tmp_path, capsys, keys, message):
+    args = ["sweep", f"out={tmp_path / 's'}", "sft_checkpoints=[x]", *keys]
+    assert main(args) != 0
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_control_pairs_and_tokens_per_solved_by_hand():
+    from latentrl.eval.evaluate import per_solved
+
+    assert per_solved(30, 4) == 7.5 and per_solved(30, 0) is None
+    results = {("a", s): {"accuracy": x, "train_seconds": 0.0, "tokens_per_solved": t, "pass@2": p}
+               for s, x, t, p in zip([0, 1, 2], [0.4, 0.5, 0.6], [10.0, None, 20.0], [0.5, 0.6, 0.7])}  # fmt: skip
+    results |= {("b", s): {"accuracy": x, "train_seconds": 0.0, "tokens_per_solved": 8.0, "pass@2": p}
+                for s, x, p in zip([0, 1, 2], [0.5, 0.5, 0.8], [0.5, 0.8, 0.9])}  # fmt: skip
+    summary = summarize(results, [0, 1, 2], ["a", "b"], baseline="a", controls={"b": "a"})
+    assert summary["a"]["tokens_per_solved"] == 15.0  # the seed without a solved problem is left out
+    vs = summary["b"]["vs_control"]
+    assert vs["control"] == "a" and vs["accuracy"]["mean"] == pytest.approx(0.1)
+    assert vs["sampled"]["pass@2"]["paired_diff"]["mean"] == pytest.approx((0.0 + 0.2 + 0.2) / 3)
+    assert "vs_control" not in summary["a"]

@@ -79,6 +79,11 @@ class Generated:
     thinking_steps: list[int]  # soft thinking steps or latent thoughts
 
 
+def per_solved(tokens: int, solved: int) -> float | None:
+    """Tokens generated per correct answer (every token counted, wrong answers' too); None if none solved."""
+    return tokens / solved if solved else None
+
+
 def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, samples: int, temperature: float,
                          desc: str, exploration=None) -> Generated:  # fmt: skip
     from latentrl.models.thinking import thinking_mode
@@ -130,6 +135,7 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
         "mean_thinking_steps": thinking_steps / n,
         "mean_answer_tokens": answer_tokens / n,
         "mean_tokens": (thinking_steps + answer_tokens) / n,  # thoughts and soft steps count as generated tokens
+        "tokens_per_solved": per_solved(thinking_steps + answer_tokens, sum(correct)),
         "mean_latent_tokens": thinking_steps / n if thinking.thinking_mode == "coconut" else 0.0,
         "mean_completion_tokens": sum(len(c) for c in greedy.completion_ids) / n,
         "num_latents": max(greedy.thinking_steps) if thinking.thinking_mode == "coconut" and n else 0,
@@ -152,7 +158,8 @@ def sampled_metrics(model, tokenizer, thinking, prompts, examples, cfg: EvalConf
     golds = [ex.answer for ex in examples]
     metrics = {"samples": K, "sample_temperature": cfg.temperature,
                "mean_sampled_tokens": (sum(sampled.thinking_steps) + sum(sampled.answer_tokens)) / (n * K),
-               "mean_sample_accuracy": sum(map(sum, hits)) / (n * K)}  # fmt: skip
+               "mean_sample_accuracy": sum(map(sum, hits)) / (n * K),
+               "sampled_tokens_per_solved": per_solved(sum(sampled.thinking_steps) + sum(sampled.answer_tokens), sum(map(sum, hits)))}  # fmt: skip
     for k in ks_up_to(K):
         metrics[f"pass@{k}"] = mean_pass_at_k(hits, k)
         metrics[f"maj@{k}"] = mean_maj_at_k(normed, golds, k, match=answers_match)

@@ -13,11 +13,16 @@
 | ``soft_grpo`` | SofT-GRPO from the CoT checkpoint: soft thinking with Gumbel noise |
 | ``soft_thinking`` | the CoT checkpoint evaluated with soft thinking, no RL |
 | ``discrete_grpo_soft`` | the ``discrete_grpo`` model evaluated with soft thinking |
+| ``bupo_grpo`` | BuPO on ``discrete_grpo``: its first steps on layer l's internal policy (the sweep's ``bupo`` keys) |
+| ``bupo_dropout`` | BuPO on ``dropout_grpo`` (Coconut + the shared dropout mask) |
+| ``bupo_soft`` | BuPO on ``soft_grpo`` (SofT-GRPO) |
+
+A BuPO method is its control's record with ``bupo=True``; the table pairs it with that control.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 
 @dataclass(frozen=True)
@@ -28,6 +33,8 @@ class Method:
     base: str = "last"  # the SFT chain's run it starts from: "first" (CoT) or "last"
     eval_keys: dict = field(default_factory=dict)  # EvalConfig keys of its test evaluation (e.g. thinking_mode=soft)
     model_of: str | None = None  # evaluate this other method's trained model instead of training
+    bupo: bool = False  # add the sweep's ``bupo`` keys (bupo_layer, bupo_steps, ...) to its RL run
+    control: str | None = None  # the method it differs from in one choice (paired in the table)
 
 
 METHODS: dict[str, Method] = {
@@ -43,6 +50,15 @@ METHODS: dict[str, Method] = {
     "soft_thinking": Method(base="first", eval_keys={"thinking_mode": "soft"}),
     "discrete_grpo_soft": Method(base="first", eval_keys={"thinking_mode": "soft"}, model_of="discrete_grpo"),
 }
+
+
+def with_bupo(control: str) -> Method:
+    """``control``'s record with BuPO's phase 1 added, paired with ``control`` in the table."""
+    return replace(METHODS[control], bupo=True, control=control)
+
+
+METHODS.update(bupo_grpo=with_bupo("discrete_grpo"), bupo_dropout=with_bupo("dropout_grpo"), bupo_soft=with_bupo("soft_grpo"))
+
 GRPO_METHODS: dict[str, dict] = {name: m.grpo for name, m in METHODS.items() if m.grpo is not None}
 CONTROL_METHODS = ("sft", "sft_more")
 ALL_METHODS = tuple(METHODS)

@@ -9,10 +9,12 @@ from latentrl.eval.metrics import mean_ci, paired_difference
 from latentrl.train.common import read_log
 
 
-def summarize(results: dict, seeds: list[int], methods: list[str], baseline: str = "sft") -> dict:
+def summarize(results: dict, seeds: list[int], methods: list[str], baseline: str = "sft",
+              controls: dict[str, str] | None = None) -> dict:  # fmt: skip
     """Per method: greedy accuracies by seed, mean, std, 95% CI and the paired difference to ``baseline``
     (``paired_diff_vs_sft`` when it is ``sft``); the same mean, CI and paired difference for every
-    sampled metric the runs report (pass@k, maj@k, mean_sample_accuracy)."""
+    sampled metric the runs report (pass@k, maj@k, mean_sample_accuracy); the mean tokens per solved
+    problem; and for a method in ``controls`` (method -> its control) every paired difference to that control."""
     import statistics
 
     summary = {}
@@ -25,6 +27,12 @@ def summarize(results: dict, seeds: list[int], methods: list[str], baseline: str
             diff = paired_difference(acc, [results[(baseline, s)]["accuracy"] for s in seeds])
             row[f"paired_diff_vs_{baseline}"] = {"mean": diff.mean, "ci95": [diff.lo, diff.hi]}
         row["sampled"] = sampled_summary(results, seeds, m, baseline if baseline in methods and m != baseline else None)
+        row["tokens_per_solved"] = mean_of_known([results[(m, s)].get("tokens_per_solved") for s in seeds])
+        control = (controls or {}).get(m)
+        if control in methods:
+            diff = paired_difference(acc, [results[(control, s)]["accuracy"] for s in seeds])
+            row["vs_control"] = {"control": control, "accuracy": {"mean": diff.mean, "ci95": [diff.lo, diff.hi]},
+                                 "sampled": sampled_summary(results, seeds, m, control)}  # fmt: skip
         summary[m] = row
     return summary
 
@@ -43,6 +51,12 @@ def sampled_summary(results: dict, seeds: list[int], method: str, baseline: str 
     return out
 
 
+def mean_of_known(values: list[float | None]) -> float | None:
+    """The mean of the values that are not None (None if none is)."""
+    known = [v for v in values if v is not None]
+    return sum(known) / len(known) if known else None
+
+
 def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.1f}"
 
@@ -50,13 +64,15 @@ def _pct(x: float) -> str:
 def write_table(summary: dict, path: Path, cfg) -> None:
     base = getattr(cfg, "baseline", "sft")
     lines = [f"Greedy accuracy (%) on {cfg.eval_n} held-out test problems, seeds {cfg.seeds}.", "",
-             f"| method | mean ± std | 95% CI | Δ vs {base} (paired) | 95% CI of Δ | train s |", "|---|---|---|---|---|---|"]  # fmt: skip
+             f"| method | mean ± std | 95% CI | Δ vs {base} (paired) | 95% CI of Δ | tokens / solved | train s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
     for m, r in summary.items():
         d = r.get(f"paired_diff_vs_{base}")
         delta = (f"{100 * d['mean']:+.1f}", f"[{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]") if d else ("", "")
         lines.append(f"| {m} | {_pct(r['mean'])} ± {_pct(r['std'])} | [{_pct(r['ci95'][0])}, {_pct(r['ci95'][1])}] | "
-                     f"{delta[0]} | {delta[1]} | {r['train_seconds']:.0f} |")  # fmt: skip
+                     f"{delta[0]} | {delta[1]} | {_count(r.get('tokens_per_solved'))} | {r['train_seconds']:.0f} |")  # fmt: skip
     lines += sampled_table(summary, base)
+    lines += control_table(summary)
     trained = baseline_training(Path(cfg.out), cfg.seeds)
     if trained:
         lines += ["", "SFT baselines trained by the sweep (greedy accuracy on validation problems):", *trained]
@@ -83,6 +99,29 @@ def sampled_table(summary: dict, base: str) -> list[str]:
                 cell += f"; Δ {100 * d['mean']:+.1f} [{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]"
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _count(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.1f}"
+
+
+def _delta(d: dict) -> str:
+    return f"{100 * d['mean']:+.1f} [{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]"
+
+
+def control_table(summary: dict) -> list[str]:
+    """Each method against its own control (e.g. BuPO against the same GRPO without phase 1), paired by seed."""
+    rows = {m: r["vs_control"] for m, r in summary.items() if "vs_control" in r}
+    if not rows:
+        return []
+    keys = list(dict.fromkeys(k for v in rows.values() for k in v["sampled"] if "paired_diff" in v["sampled"][k]))
+    lines = ["", "Each method against its control (Δ in points, paired by seed, with its 95% CI).", "",
+             "| method | control | Δ greedy | " + " | ".join(f"Δ {k}" for k in keys) + " |",
+             "|---|---|---|" + "---|" * len(keys)]  # fmt: skip
+    for m, v in rows.items():
+        cells = [_delta(v["sampled"][k]["paired_diff"]) if "paired_diff" in v["sampled"].get(k, {}) else "" for k in keys]
+        lines.append(f"| {m} | {v['control']} | {_delta(v['accuracy'])} | " + " | ".join(cells) + " |")
     return lines
 
 

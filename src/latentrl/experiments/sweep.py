@@ -48,6 +48,10 @@ class SweepConfig(Config):
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="RL seeds.")
     methods: list[Literal[ALL_METHODS]] = Field(list(ALL_METHODS), min_length=1, description="Methods compared.")  # type: ignore[valid-type]
     grpo: dict = Field({}, description="GRPOConfig overrides shared by the GRPO methods.")
+    bupo: dict = Field(
+        {}, description="GRPOConfig keys the bupo_* methods add to their control's run: bupo_layer, bupo_steps "
+                        "(required), bupo_module, bupo_final_norm.",
+    )  # fmt: skip
     sft_more: dict = Field({}, description="SFTConfig overrides of the sft_more control.")
     task: str = Field("arith", description="Task (train prompts for RL, test problems for eval).")
     task_kwargs: dict[str, int | float | str] = Field({}, description="Task knobs.")
@@ -73,6 +77,16 @@ class SweepConfig(Config):
         needed = {m: METHODS[m].model_of for m in self.methods if METHODS[m].model_of and METHODS[m].model_of not in self.methods}
         if needed:
             raise ValueError(f"{', '.join(needed)} evaluate the model of {', '.join(set(needed.values()))}: include it")
+        bupo = [m for m in self.methods if METHODS[m].bupo]
+        if bupo and not (self.bupo.get("bupo_layer") and self.bupo.get("bupo_steps")):
+            raise ValueError(f"{', '.join(bupo)} need the sweep's bupo block with bupo_layer and bupo_steps > 0")
+        if self.bupo and not bupo:
+            raise ValueError("the sweep's bupo block is set but no bupo_* method is among the methods")
+        if set(self.bupo) - {"bupo_layer", "bupo_steps", "bupo_module", "bupo_final_norm"}:
+            raise ValueError(f"the sweep's bupo block takes bupo_* keys only, got {sorted(self.bupo)}")
+        missing = {METHODS[m].control for m in bupo} - set(self.methods)
+        if missing:
+            raise ValueError(f"{', '.join(bupo)} are paired with their controls: include {', '.join(sorted(missing))}")
         if self.baseline not in self.methods:
             raise ValueError(f"baseline {self.baseline!r} is not among the methods {self.methods}")
         self.check_blocks()
@@ -88,12 +102,16 @@ class SweepConfig(Config):
         for i, run in enumerate(self.sft):
             validate_config(SFTConfig, {**base, **run}, where=f"the sweep's sft run {i}")
         for method in (m for m in self.methods if m in GRPO_METHODS):
-            validate_config(GRPOConfig, {**base, **self.grpo, **GRPO_METHODS[method], "model_name_or_path": "sft"},
+            validate_config(GRPOConfig, {**base, **self.grpo_keys(method), "model_name_or_path": "sft"},
                             where=f"the sweep's grpo block, method {method}")  # fmt: skip
         if "sft_more" in self.methods:
             layout = {"mode": "cot", "num_train_epochs": 10**6, "save_steps": 0}  # the checkpoint's own layout at run time
             validate_config(SFTConfig, {**base, **layout, **self.sft_more, "max_time_seconds": 1.0},
                             where="the sweep's sft_more block")  # fmt: skip
+
+    def grpo_keys(self, method: str) -> dict:
+        """The GRPOConfig overrides of ``method``'s RL run: the shared block, the method's own, BuPO's."""
+        return {**self.grpo, **GRPO_METHODS[method], **(self.bupo if METHODS[method].bupo else {})}
 
     def checkpoint_of(self, i: int) -> str:
         return self.sft_checkpoints[i if len(self.sft_checkpoints) > 1 else 0]
@@ -167,7 +185,7 @@ def run_grpo_method(method: str, seed: int, sft: str, cfg: SweepConfig, run_dir:
     from latentrl.train.grpo import GRPOConfig, train_grpo
 
     fields = {"task": cfg.task, "task_kwargs": dict(cfg.task_kwargs), "disable_tqdm": cfg.disable_tqdm,
-              **cfg.grpo, **GRPO_METHODS[method], "seed": seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
+              **cfg.grpo_keys(method), "seed": seed, "model_name_or_path": sft, "output_dir": str(run_dir)}  # fmt: skip
     if cfg.data == "sft":  # the prompts are the SFT run's training problems
         data = sft_data_of(sft)
         fields.update(task=data["task"], task_kwargs=data["task_kwargs"], data_path=data["data_path"],
@@ -226,7 +244,8 @@ def run_one(method: str, seed: int, chain: list[str], cfg: SweepConfig, results:
     return result
 
 
-SAMPLED_KEYS = ("mean_sample_accuracy", "mean_thinking_steps", "mean_answer_tokens")
+SAMPLED_KEYS = ("mean_sample_accuracy", "mean_thinking_steps", "mean_answer_tokens", "tokens_per_solved",
+                "sampled_tokens_per_solved")
 
 
 def run_sweep(cfg: SweepConfig) -> dict:
@@ -241,7 +260,8 @@ def run_sweep(cfg: SweepConfig) -> dict:
         for method in order:
             results[(method, seed)] = run_one(method, seed, chain, cfg, results)
             print(f"[sweep] {method} seed {seed}: accuracy {results[(method, seed)]['accuracy']:.3f}", flush=True)
-    summary = summarize(results, cfg.seeds, order, cfg.baseline)
+    controls = {m: METHODS[m].control for m in order if METHODS[m].control}
+    summary = summarize(results, cfg.seeds, order, cfg.baseline, controls)
     (out / "results.json").write_text(json.dumps({"runs": list(results.values()), "summary": summary}, indent=2) + "\n")
     write_table(summary, out / "table.md", cfg)
     plot_curves(out, order, cfg.seeds)
