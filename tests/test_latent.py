@@ -117,3 +117,54 @@ def test_model_without_inputs_embeds_is_rejected():
 
     with pytest.raises(IncompatibleModelError, match="input embedding"):
         check_latent_support(NoEmbeds())
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("exploring", [False, True])
+def test_logits_from_keeps_only_the_positions_asked_for(family, exploring):
+    """``logits_from=k`` gives exactly the full forward's logits of positions k.. (with latent columns, with
+    and without an exploration source splitting the forward), and the LM head never sees the rest."""
+    from latentrl.exploration import make_exploration
+
+    model, tok = tiny(family)
+    cfg = ThinkingConfig.from_tokenizer(tok, "coconut", thoughts_per_step=2)
+    enc = [encode_example(tok, q, s, a, cfg, min(st, len(s)), 2 * min(st, len(s))) for q, s, a, st in zip(QUESTIONS, STEPS, ANSWERS, [1, 0, 3, 1])]
+    batch = collate(enc, tok.pad_token_id, cfg.latent_token_id)
+    L = batch.input_ids.shape[1]
+    no_latent = torch.zeros_like(batch.latent_mask)
+    seeds = torch.arange(len(enc))
+    for latent in (batch.latent_mask, no_latent):
+        for start in (0, 3, L - 5, L - 1):
+            outs = []
+            for logits_from in (0, start):
+                exploration = make_exploration("dropout", p=0.3) if exploring else None
+                rows = []
+                hook = model.get_output_embeddings().register_forward_hook(lambda m, a, o: rows.append(a[0].shape[1]))
+                with torch.no_grad(), (exploration.session(model, seeds) if exploring else torch.enable_grad()):
+                    outs.append(latent_forward(model, batch.input_ids, batch.attention_mask, latent, exploration,
+                                               prompt_len=6, logits_from=logits_from).logits)  # fmt: skip
+                hook.remove()
+                # the LM head ran on the positions asked for, plus at most one per segment that needed none
+                assert L - logits_from <= sum(rows) <= L - logits_from + len(rows) - 1
+            assert outs[1].shape[1] == L - start
+            torch.testing.assert_close(outs[1], outs[0][:, start:], atol=1e-6, rtol=1e-5)
+
+
+def test_selective_token_logps_against_log_softmax():
+    from latentrl.models.thinking.logprobs import chunked_entropy, token_logps
+
+    g = torch.Generator().manual_seed(0)
+    logits = (torch.randn(3, 5, 11, generator=g, dtype=torch.float64) * 4).requires_grad_()
+    ids = torch.randint(0, 11, (3, 5), generator=g)
+    for temperature in (1.0, 0.6, 0.0):
+        logps, entropy = token_logps(logits, ids, temperature)
+        ref = torch.log_softmax(logits / (temperature or 1.0), -1)
+        torch.testing.assert_close(logps.double(), ref.gather(-1, ids[..., None]).squeeze(-1), atol=1e-5, rtol=0)
+        torch.testing.assert_close(entropy.double(), -(ref.exp() * ref).sum(-1), atol=1e-5, rtol=0)
+        assert not entropy.requires_grad
+        grad, = torch.autograd.grad(logps.sum(), logits)
+        ref_grad, = torch.autograd.grad(ref.gather(-1, ids[..., None]).sum(), logits)
+        torch.testing.assert_close(grad, ref_grad, atol=1e-5, rtol=0)
+    x = logits.detach().float()
+    lse = torch.logsumexp(x, -1)
+    torch.testing.assert_close(chunked_entropy(x, lse, chunk_elements=22), chunked_entropy(x, lse))  # 2 rows a chunk

@@ -36,13 +36,14 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LatentOutput:
-    logits: torch.Tensor  # [B, L, V], or [B, 1, V] with last_only
+    logits: torch.Tensor  # [B, L - logits_from, V], or [B, 1, V] with last_only
     past_key_values: DynamicCache
     thoughts: torch.Tensor | None  # [B, K, D] the states fed back at the latent columns (zeros where a row had none)
     latent_columns: torch.Tensor | None  # [K] column index of each latent step
 
 
-def _step(model, embeds, attention_mask, position_ids, cache, keep_last: bool):
+def _step(model, embeds, attention_mask, position_ids, cache, keep: int | None):
+    """One cached model call; ``keep``: the logits of only its last ``keep`` positions (None: all)."""
     return model(
         inputs_embeds=embeds,
         attention_mask=attention_mask,
@@ -50,8 +51,33 @@ def _step(model, embeds, attention_mask, position_ids, cache, keep_last: bool):
         **{CACHE_KWARG: cache},
         use_cache=True,
         output_hidden_states=True,
-        logits_to_keep=1 if keep_last else 0,
+        logits_to_keep=0 if keep is None else keep,  # HF: 0 keeps every position
     )
+
+
+class _Logits:
+    """Collects the logits of positions ``[start, L)`` from the segments of one latent forward, asking each
+    call only for the positions it needs (the LM head never runs on the rest: ``[B, L, V]`` is the largest
+    tensor of a forward over a real vocabulary)."""
+
+    def __init__(self, start: int):
+        self.start, self.parts = start, []
+
+    def keep(self, lo: int, hi: int) -> int | None:
+        """``logits_to_keep`` for a segment covering positions ``[lo, hi)``."""
+        need = hi - max(lo, self.start)
+        return None if need >= hi - lo else max(need, 1)
+
+    def add(self, out, lo: int, hi: int):
+        if hi > self.start:  # its last hi - max(lo, start) positions
+            self.parts.append(out.logits[:, max(lo, self.start) - hi :])
+        return out
+
+    def run(self, model, embeds, mask, positions, cache, lo: int, hi: int):
+        return self.add(_step(model, embeds, mask, positions, cache, self.keep(lo, hi)), lo, hi)
+
+    def logits(self) -> torch.Tensor:  # [B, L - start, V]
+        return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts, dim=1)
 
 
 def latent_forward(
@@ -62,8 +88,10 @@ def latent_forward(
     exploration: Exploration | None = None,
     last_only: bool = False,
     prompt_len: int | None = None,
+    logits_from: int = 0,
 ) -> LatentOutput:
-    """Forward with continuous thoughts; gradients flow through every thought.
+    """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
+    positions ``[logits_from, L)`` (``last_only``: the last position only).
 
     The loop passes each part's phase to the exploration source: ``prefill`` before the first latent
     column, ``latent`` at each latent column, ``answer`` after the last. Without latent columns and
@@ -78,21 +106,21 @@ def latent_forward(
     cache = DynamicCache(config=model.config)
     columns = latent_mask.any(0).nonzero().flatten()  # [K]
     L = input_ids.shape[1]
+    logits = _Logits(L - 1 if last_only else logits_from)
     if len(columns) == 0:
         split = prompt_len if prompt_len is not None and 0 < prompt_len < L and not isinstance(exploration, NoExploration) else L
         exploration.set_phase("prefill")
-        parts = [_step(model, embeds[:, :split], attention_mask[:, :split], positions[:, :split], cache, last_only).logits]
+        logits.run(model, embeds[:, :split], attention_mask[:, :split], positions[:, :split], cache, 0, split)
         if split < L:
             exploration.set_phase("answer")
-            parts.append(_step(model, embeds[:, split:], attention_mask, positions[:, split:], cache, last_only).logits)
-        return LatentOutput(parts[-1] if last_only else torch.cat(parts, dim=1), cache, None, None)
+            logits.run(model, embeds[:, split:], attention_mask, positions[:, split:], cache, split, L)
+        return LatentOutput(logits.logits(), cache, None, None)
     first, last = int(columns[0]), int(columns[-1])
     if first == 0:
         raise ValueError("a latent slot cannot be the first column: it needs a previous hidden state")
 
     exploration.set_phase("prefill")
-    out = _step(model, embeds[:, :first], attention_mask[:, :first], positions[:, :first], cache, last_only)
-    logits = [out.logits]
+    out = logits.run(model, embeds[:, :first], attention_mask[:, :first], positions[:, :first], cache, 0, first)
     h = out.hidden_states[-1][:, -1]  # [B, D]
     thoughts = []
     for step, col in enumerate(range(first, last + 1)):
@@ -101,15 +129,12 @@ def latent_forward(
         thought = exploration.thought(h, step)
         thoughts.append(torch.where(is_latent, thought, torch.zeros_like(thought)))
         x = torch.where(is_latent, thought, embeds[:, col])  # [B, D]
-        out = _step(model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1], cache, last_only)
-        logits.append(out.logits)
+        out = logits.run(model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1], cache, col, col + 1)
         h = out.hidden_states[-1][:, -1]
     exploration.set_phase("answer")
     if last + 1 < L:
-        out = _step(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last_only)
-        logits.append(out.logits)
-    logits = logits[-1] if last_only else torch.cat(logits, dim=1)
-    return LatentOutput(logits, cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
+        logits.run(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last + 1, L)
+    return LatentOutput(logits.logits(), cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
 
 
 def sample_next(

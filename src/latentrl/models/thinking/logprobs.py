@@ -15,18 +15,34 @@ class LogProbs:
 
 
 def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``log softmax(logits / T)`` at ``ids`` and the entropy: ``[B, T, V]``, ``[B, T]`` -> ``[B, T]``, ``[B, T]``."""
-    logits = logits.float() / (temperature if temperature > 0 else 1.0)
-    logp_all = torch.log_softmax(logits, dim=-1)  # [B, T, V]
-    logps = logp_all.gather(-1, ids[..., None]).squeeze(-1)  # [B, T]
-    entropy = -(logp_all.exp() * logp_all).sum(-1)  # [B, T]
-    return logps, entropy
+    """``log softmax(logits / T)`` at ``ids`` and the entropy: ``[B, T, V]``, ``[B, T]`` -> ``[B, T]``, ``[B, T]``.
+
+    Selective: ``logit[id] - logsumexp(logits)``, so autograd keeps no ``[B, T, V]`` log-softmax of its own;
+    the entropy (a diagnostic, no gradient) is computed in row chunks, ``H = lse - sum_v p_v logit_v``.
+    """
+    logits = logits.float()
+    if temperature > 0 and temperature != 1.0:
+        logits = logits / temperature
+    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
+    logps = logits.gather(-1, ids[..., None]).squeeze(-1) - lse  # [B, T]
+    return logps, chunked_entropy(logits.detach(), lse.detach())
+
+
+def chunked_entropy(logits: torch.Tensor, lse: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:
+    """``H(softmax(logits))`` per row from ``logits [..., V]`` and their ``logsumexp [...]``, a few rows at a
+    time so that no second full-size tensor is live."""
+    flat, flat_lse = logits.reshape(-1, logits.shape[-1]), lse.reshape(-1)
+    rows = max(1, chunk_elements // max(1, logits.shape[-1]))
+    with torch.no_grad():
+        parts = [lo - (torch.softmax(x, -1) * x).sum(-1) for x, lo in zip(flat.split(rows), flat_lse.split(rows))]
+    return torch.cat(parts).reshape(lse.shape) if parts else lse.clone()
 
 
 @contextmanager
 def read_out(model, head):
     """Around a forward: yields ``policy(logits) -> logits``, the model's own logits for the full policy,
-    or the internal policy of ``head`` read from the tapped layer of the same forward (no second pass)."""
+    or the internal policy of ``head`` read from the tapped layer of the same forward (no second pass), at
+    the same positions as ``logits`` (the last ones, when the forward kept only those)."""
     from latentrl.exploration.dropout import decoder_blocks
     from latentrl.models.readout import ReadoutTap, head_logits
 
@@ -34,4 +50,4 @@ def read_out(model, head):
         yield lambda logits: logits
         return
     with ReadoutTap(model, head) as tap:
-        yield lambda logits: head_logits(model, head, tap.hidden(), len(decoder_blocks(model)))
+        yield lambda logits: head_logits(model, head, tap.hidden()[:, -logits.shape[1] :], len(decoder_blocks(model)))

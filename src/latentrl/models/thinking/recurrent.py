@@ -33,8 +33,8 @@ class LatentForwardThinking:
         latent = torch.cat([record.latent_mask, torch.zeros_like(record.completion_mask, dtype=torch.bool)], dim=1)
         P = record.prompt_ids.shape[1]
         with exploration.session(model, record.seeds), read_out(model, head) as policy:
-            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P).logits
-        logits = policy(logits)[:, P - 1 : -1]  # [B, T, V]
+            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1).logits
+        logits = policy(logits)[:, :-1]  # [B, T, V]: the positions that chose each completion token
         logps, entropy = token_logps(logits, record.completion_ids, temperature)
         return LogProbs(logps, entropy)
 

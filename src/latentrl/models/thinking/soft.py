@@ -225,9 +225,10 @@ class _LoopState:
 
 
 def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace,
-                           full: bool = False):  # fmt: skip
+                           full: bool = False, policy=None):  # fmt: skip
     """Logits of every completion position ``[B, T, V]`` (``full``: of every position, ``[B, P+T, V]``)
-    with the soft steps' inputs rebuilt from the record and detached: one forward over prompt + completion."""
+    with the soft steps' inputs rebuilt from the record and detached: one forward over prompt + completion.
+    ``policy`` maps the forward's logits to the policy's (``read_out``'s, for BuPO)."""
     from latentrl.models.latent import position_ids_from_mask
 
     embed = model.get_input_embeddings()
@@ -237,8 +238,10 @@ def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, compl
     P = prompt_ids.shape[1]
     mix = mixture_embedding(embed.weight, trace.ids, trace.weights()).detach()  # [B, T, D]
     x = torch.cat([x[:, :P], torch.where(trace.soft_mask[..., None], mix, x[:, P:])], dim=1)
-    out = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask))
-    return out.logits if full else out.logits[:, P - 1 : -1]  # [B, T, V]
+    keep = 0 if full else completion_ids.shape[1] + 1  # HF's 0: every position
+    logits = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask), logits_to_keep=keep).logits
+    logits = logits if policy is None else policy(logits)
+    return logits if full else logits[:, :-1]  # [B, T, V]: the positions that chose each completion step
 
 
 def soft_step_logps(logits: torch.Tensor, trace: SoftTrace) -> torch.Tensor:

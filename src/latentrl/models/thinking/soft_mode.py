@@ -44,8 +44,7 @@ class SoftThinking:
     def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
         with read_out(model, head) as policy:
             logits = soft_completion_logits(model, record.prompt_ids, record.prompt_mask, record.completion_ids,
-                                            record.completion_mask, record.soft, full=True)  # fmt: skip
-        logits = policy(logits)[:, record.prompt_ids.shape[1] - 1 : -1]  # [B, T, V]
+                                            record.completion_mask, record.soft, policy=policy)  # [B, T, V]
         answer, entropy = token_logps(logits, record.completion_ids, temperature)  # [B, T]
         thinking = soft_step_logps(logits, record.soft)  # [B, T]
         return LogProbs(torch.where(record.soft.soft_mask, thinking, answer), entropy)
