@@ -168,3 +168,22 @@ def test_selective_token_logps_against_log_softmax():
     x = logits.detach().float()
     lse = torch.logsumexp(x, -1)
     torch.testing.assert_close(chunked_entropy(x, lse, chunk_elements=22), chunked_entropy(x, lse))  # 2 rows a chunk
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_checking_for_finished_rows_every_few_tokens_changes_nothing(temperature):
+    """``sync_every`` (how often the host reads whether every row finished) leaves the generation as it is:
+    the columns decoded after the last row ended are cut off."""
+    model, tok = tiny("gpt2")
+    cfg = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=2)
+    prompts = [encode_prompt(tok, q, cfg, 2) for q in QUESTIONS]
+    decode = dict(latent_token_id=cfg.latent_token_id, pad_token_id=tok.pad_token_id, num_generations=3,
+                  max_new_tokens=20, temperature=temperature)  # fmt: skip
+    free = generate(model, prompts, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **decode)
+    eos = int(free.completion_ids[:, 2:].flatten().mode().values)  # a frequent token ends rows early, at different steps
+    gens = [generate(model, prompts, eos_token_id=eos, sync_every=k, generator=torch.Generator().manual_seed(1), **decode)
+            for k in (1, 5, 64)]  # fmt: skip
+    assert gens[0].completion_mask.sum(1).lt(20).any()  # some rows did end early
+    for g in gens[1:]:
+        for field in ("completion_ids", "completion_mask", "sample_logps", "truncated"):
+            assert torch.equal(getattr(g, field), getattr(gens[0], field)), field

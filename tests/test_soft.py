@@ -284,3 +284,23 @@ def test_soft_grpo_with_an_ablation_noise_trains_on_the_answer_tokens(cot_checkp
                  "save_steps=0"]) == 0  # fmt: skip
     log = json.loads((out / "log.jsonl").read_text().splitlines()[0])
     assert log["soft/thinking_steps"] > 0
+
+
+def test_gumbel_noise_on_the_sampled_runs_only(cot_checkpoint, tmp_path):
+    """``greedy_exploration=false``: the greedy run is plain soft thinking (predictions equal to a run without
+    noise) while the sampled runs carry the Gumbel noise (their tokens differ from noise-free samples)."""
+    import json
+
+    def run(name, *keys):
+        out = tmp_path / name
+        assert main(["eval", "--checkpoint", str(cot_checkpoint), "--task", "arith", "--n", "6", "--out", str(out),
+                     "task_kwargs={num_steps: 2}", "thinking_mode=soft", "samples=4", "progress=false", *keys]) == 0  # fmt: skip
+        preds = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+        return [p["completion_ids"] for p in preds], json.loads((out / "metrics.json").read_text())
+
+    plain, plain_m = run("plain")
+    noisy, noisy_m = run("noisy", "exploration=gumbel", "greedy_exploration=false")
+    always, _ = run("always", "exploration=gumbel")
+    assert noisy == plain  # the greedy run saw no noise
+    assert always != plain  # the check can fail: with the noise on, greedy soft thinking does change
+    assert noisy_m["mean_sampled_tokens"] != plain_m["mean_sampled_tokens"] or noisy_m != plain_m

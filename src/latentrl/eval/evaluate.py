@@ -46,6 +46,10 @@ class EvalConfig(ThinkingArgs, ExplorationArgs):
         0, ge=0, description="M: Bayesian model average, greedy answers under M dropout masks (the dropout_* keys, as "
                              "in grpo) and a majority vote.",
     )  # fmt: skip
+    greedy_exploration: bool = Field(
+        True, description="The greedy run uses the exploration source too (false: it is deterministic and the source "
+                          "perturbs only the sampled runs, e.g. Gumbel noise on soft thinking's samples).",
+    )  # fmt: skip
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
     seed: int = Field(0, description="Seed of the task data and of sampling.")
     task_kwargs: dict[str, int | float | str] = Field({}, description="Generator knobs.")
@@ -119,7 +123,10 @@ def evaluate(model, tokenizer, thinking: ThinkingConfig, examples, cfg: EvalConf
     prompts = [encode_prompt(tokenizer, ex.question, thinking, cfg.num_latents) for ex in examples]
     where = f"{cfg.data_path or cfg.task or 'the examples'} (prompt + max_new_tokens)"
     check_fits_context([len(p) + cfg.max_new_tokens for p in prompts], model_context_length(model), where)
-    greedy = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy")
+    from latentrl.exploration.none import NoExploration
+
+    clean = None if cfg.greedy_exploration else NoExploration()
+    greedy = _generate_in_batches(model, tokenizer, thinking, prompts, cfg, 1, 0.0, "greedy", exploration=clean)
     predictions, correct = [], []
     for ex, prompt, text, ids, steps in zip(examples, prompts, greedy.texts, greedy.completion_ids, greedy.thinking_steps):
         pred = extract_answer(text)

@@ -37,6 +37,11 @@ class Method:
     control: str | None = None  # the method it differs from in one choice (paired in the table)
 
 
+# Soft-mode evaluations: greedy soft thinking (no noise) for accuracy; the sampled runs (pass@k, maj@k) add
+# SofT-GRPO's Gumbel noise to the thinking steps, so that soft samples differ in their thinking, as
+# discrete samples do in their chains of thought, not only in the answer tokens after it.
+SOFT_SAMPLES = {"exploration": "gumbel", "greedy_exploration": False}
+
 METHODS: dict[str, Method] = {
     "sft": Method(),
     "sft_more": Method(),
@@ -46,9 +51,10 @@ METHODS: dict[str, Method] = {
     "greedy_none": Method({"exploration": "none", "temperature": 0.0}),
     "cot": Method(base="first"),
     "discrete_grpo": Method({"exploration": "none", "temperature": 1.0}, base="first"),
-    "soft_grpo": Method({"thinking_mode": "soft", "exploration": "gumbel"}, base="first"),
-    "soft_thinking": Method(base="first", eval_keys={"thinking_mode": "soft"}),
-    "discrete_grpo_soft": Method(base="first", eval_keys={"thinking_mode": "soft"}, model_of="discrete_grpo"),
+    "soft_grpo": Method({"thinking_mode": "soft", "exploration": "gumbel"}, base="first",
+                        eval_keys={"thinking_mode": "soft", **SOFT_SAMPLES}),
+    "soft_thinking": Method(base="first", eval_keys={"thinking_mode": "soft", **SOFT_SAMPLES}),
+    "discrete_grpo_soft": Method(base="first", eval_keys={"thinking_mode": "soft", **SOFT_SAMPLES}, model_of="discrete_grpo"),
 }
 
 

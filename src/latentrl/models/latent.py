@@ -211,8 +211,15 @@ def generate(
     exploration: Exploration | None = None,
     seeds: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
+    sync_every: int | None = None,
 ) -> Generation:
-    """Batched generation: latent phase on the KV cache, then cached answer decoding."""
+    """Batched generation: latent phase on the KV cache, then cached answer decoding.
+
+    The host reads "have all rows finished?" every ``sync_every`` tokens (default: every token on the CPU,
+    where the read is free; every 8 on an accelerator, where each read stalls the queue); the columns
+    decoded after the last row finished are cut off, so the result does not depend on it (a random
+    generator shared with later calls does advance further).
+    """
     exploration = exploration or NoExploration()
     rows = [p for p in prompts for _ in range(num_generations)]
     prompt_ids, prompt_mask = left_pad(rows, pad_token_id)
@@ -229,6 +236,7 @@ def generate(
         tokens, logps = [], []
         done = torch.zeros(B, dtype=torch.bool, device=device)
         finite = FiniteWatch(device)
+        sync_every = sync_every or (1 if device.type == "cpu" else 8)
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             logits = finite(logits)
@@ -238,7 +246,7 @@ def generate(
             logps.append(torch.log_softmax(scaled, -1).gather(-1, tok[:, None]).squeeze(-1))
             tokens.append(tok)
             done = done | (tok == eos_token_id)
-            if bool(done.all()):
+            if (t + 1) % sync_every == 0 and bool(done.all()):
                 break
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             kv = {CACHE_KWARG: cache}  # filled in place
@@ -248,6 +256,8 @@ def generate(
     completion = torch.stack(tokens, dim=1)  # [B, T]
     is_eos = completion == eos_token_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
+    T = int((~after_eos).any(0).sum())  # the columns some row still needed (a prefix)
+    completion, is_eos, after_eos, logps = completion[:, :T], is_eos[:, :T], after_eos[:, :T], logps[:T]
     completion_mask = (~after_eos).long()
     completion = completion.masked_fill(after_eos, pad_token_id)
     sample_logps = torch.stack(logps, dim=1).masked_fill(after_eos, 0.0)
