@@ -1,0 +1,120 @@
+"""Rollout throughput of latentrl's engine: discrete decoding against ``transformers``' ``generate`` at the
+same batch, and Coconut rollouts against discrete rollouts of the same total length.
+
+    python benchmarks/bench_engine.py [--out benchmarks/results/engine.json] [--rounds 5]
+        [--smollm2-dir /tmp/latentrl_smollm2] [--skip-smollm2] [--threads N]
+
+Every rollout runs exactly ``--positions`` positions (an EOS id that never occurs; ``min_new_tokens`` on
+the HF side). Sampling at T = 1 with no top-k / top-p on both sides. Discrete: ``latentrl.models.generate``
+against ``model.generate(do_sample=True, ...)`` on the same left-padded prompt ids. Coconut: K = 4
+continuous thoughts then ``positions - K`` answer tokens against ``positions`` discrete tokens (the
+thoughts count as positions; the coconut prompt carries the latent markers). Runs alternate (latentrl,
+HF, coconut, latentrl, ...) after one warm-up of each; each ratio is the median over rounds of the
+ratio to the latentrl discrete run of the same round, so it survives a noisy machine. Models: the
+demo-sized untrained GPT-2 (64 rollouts = 8 prompts x 8) and SmolLM2-135M (16 rollouts = 4 x 4).
+Soft thinking's cost per step is ``bench_soft.py``'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_soft import env_info, load_model, loadavg, med  # noqa: E402
+
+from latentrl.models import ThinkingConfig, encode_prompt, generate  # noqa: E402
+from latentrl.models.latent import left_pad  # noqa: E402
+from latentrl.models.build import add_latent_tokens  # noqa: E402
+from latentrl.tasks import load_examples  # noqa: E402
+
+NEVER_EOS = -1
+K_THOUGHTS = 4
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def hf_generate(model, ids, mask, T: int, pad_id: int):
+    return model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                          max_new_tokens=T, min_new_tokens=T, pad_token_id=pad_id, eos_token_id=None)  # fmt: skip
+
+
+def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: int, desc: str) -> dict:
+    examples = load_examples("arith", "test", n_prompts, seed=0)
+    discrete = ThinkingConfig.from_tokenizer(tok, "discrete") if "<|latent|>" in tok.get_vocab() else ThinkingConfig()
+    coconut = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=K_THOUGHTS)
+    d_prompts = [encode_prompt(tok, e.question, discrete) for e in examples]
+    c_prompts = [encode_prompt(tok, e.question, coconut, K_THOUGHTS) for e in examples]
+    rows = [p for p in d_prompts for _ in range(G)]
+    ids, mask = left_pad(rows, tok.pad_token_id)
+    decode = dict(eos_token_id=NEVER_EOS, pad_token_id=tok.pad_token_id, num_generations=G, temperature=1.0)
+    runs = {
+        "latentrl": lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T, **decode),
+        "hf_generate": lambda: hf_generate(model, ids, mask, T, tok.pad_token_id),
+        "coconut": lambda: generate(model, c_prompts, latent_token_id=coconut.latent_token_id,
+                                    max_new_tokens=T - K_THOUGHTS, **decode),
+    }  # fmt: skip
+    out = generate(model, d_prompts, latent_token_id=None, max_new_tokens=T, **decode)
+    assert out.completion_mask.sum(1).eq(T).all(), "every discrete rollout must run T positions"
+    with torch.no_grad():
+        for fn in runs.values():  # warm-up
+            fn()
+        times = {k: [] for k in runs}
+        for _ in range(rounds):
+            for k, fn in runs.items():
+                times[k].append(timed(fn))
+    B = n_prompts * G
+    ratio = lambda k: med([a / b for a, b in zip(times[k], times["latentrl"])])  # noqa: E731
+    result = {
+        "model": desc, "rollouts": B, "positions": T, "thoughts": K_THOUGHTS, "seconds": times,
+        "rollouts_per_s": {k: B / med(v) for k, v in times.items()},
+        "tokens_per_s": {k: B * T / med(v) for k, v in times.items()},
+        "hf_over_latentrl": ratio("hf_generate"),  # > 1: latentrl is faster
+        "coconut_over_discrete": ratio("coconut"),
+    }  # fmt: skip
+    print(f"{name}: latentrl {result['tokens_per_s']['latentrl']:.0f} tok/s, HF generate "
+          f"{result['tokens_per_s']['hf_generate']:.0f} tok/s (HF/latentrl time {result['hf_over_latentrl']:.2f}); "
+          f"coconut/discrete time {result['coconut_over_discrete']:.2f}")  # fmt: skip
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/engine.json")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--positions", type=int, default=32)
+    ap.add_argument("--smollm2-dir", default="/tmp/latentrl_smollm2")
+    ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    result = {"benchmark": "engine", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "env": env_info(torch.get_num_threads()), "loadavg_before": loadavg(), "cases": {}}  # fmt: skip
+    names = ["tiny"] + ([] if args.skip_smollm2 else ["smollm2"])
+    for name in names:
+        model, tok, _, desc = load_model(name, args.smollm2_dir)
+        if "<|latent|>" not in tok.get_vocab():  # a plain HF model: add the latent markers (as the trainer does)
+            add_latent_tokens(model, tok)
+        n_prompts, G = (8, 8) if name == "tiny" else (4, 4)
+        result["cases"][name] = engine_case(name, model, tok, n_prompts, G, args.positions, args.rounds, desc)
+    result["loadavg_after"] = loadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""SFT throughput as model FLOPs utilisation (MFU) against this machine's measured matmul peak.
+
+    python benchmarks/bench_sft_mfu.py [--out benchmarks/results/sft_mfu.json] [--steps 6]
+        [--smollm2-dir /tmp/latentrl_smollm2] [--skip-smollm2] [--threads N]
+
+The peak is measured here: the best FLOP/s of fp32 ``torch.mm`` on square matrices of 512..2048 with
+the same thread count. A training step is the SFT trainer's own computation in CoT mode (``collate``,
+``latent_forward``, ``sft_loss``, backward, gradient clipping, AdamW) on a batch of ``arith`` CoT
+examples; the median of ``--steps`` steps after two warm-up steps. Model FLOPs: 6 · N · tokens, with N
+the parameters that multiply (every parameter except the position embeddings; a tied embedding counted
+once, as the LM head) and tokens the non-padding tokens of the batch (``mfu``), or every position
+computed (``mfu_padded``). Models: the demo's tiny GPT-2 (4 x 128), GPT-2 6 x 256 and 8 x 512 (char
+vocabulary), and SmolLM2-135M (30 x 576, vocabulary 49,152). Target: >= 30% at d >= 256.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_soft import env_info, load_model, loadavg  # noqa: E402
+
+from latentrl.train.sft import sft_loss  # noqa: E402
+from latentrl.models import ThinkingConfig, build_tiny_model, collate, encode_example, latent_forward  # noqa: E402
+from latentrl.tasks import load_examples  # noqa: E402
+
+
+def matmul_peak(sizes=(512, 1024, 2048), repeats: int = 5) -> dict:
+    """Best fp32 matmul FLOP/s over ``sizes`` (each timed ``repeats`` times after a warm-up)."""
+    best = {}
+    for n in sizes:
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        a @ b
+        times = []
+        for _ in range(repeats):
+            t = time.perf_counter()
+            a @ b
+            times.append(time.perf_counter() - t)
+        best[n] = 2 * n**3 / min(times)
+    return {"flops_by_size": best, "peak_flops": max(best.values())}
+
+
+def multiplying_params(model) -> int:
+    skip = {id(p) for name, p in model.named_parameters() if name.endswith(("wpe.weight", "position_embeddings.weight"))}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def sft_steps(model, tok, batch_size: int, steps: int) -> dict:
+    thinking = ThinkingConfig.from_tokenizer(tok, "discrete") if "<|latent|>" in tok.get_vocab() else ThinkingConfig()
+    examples = load_examples("arith", "train", batch_size * (steps + 2), seed=0)
+    enc = [encode_example(tok, e.question, e.steps, e.answer, thinking) for e in examples]
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+    times, tokens, padded = [], [], []
+    for i in range(steps + 2):
+        b = collate(enc[i * batch_size : (i + 1) * batch_size], tok.pad_token_id, thinking.latent_token_id)
+        t = time.perf_counter()
+        loss = sft_loss(latent_forward(model, b.input_ids, b.attention_mask, b.latent_mask).logits, b.labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i >= 2:  # two warm-up steps
+            times.append(time.perf_counter() - t)
+            tokens.append(int(b.attention_mask.sum()))
+            padded.append(b.input_ids.numel())
+    return {"step_seconds": times, "tokens": tokens, "padded_tokens": padded}
+
+
+def case(name: str, model, tok, batch_size: int, steps: int, peak: float) -> dict:
+    run = sft_steps(model, tok, batch_size, steps)
+    n = multiplying_params(model)
+    per_s = statistics.median(t / s for t, s in zip(run["tokens"], run["step_seconds"]))
+    per_s_padded = statistics.median(t / s for t, s in zip(run["padded_tokens"], run["step_seconds"]))
+    out = {"params_multiplying": n, "batch_size": batch_size, "tokens_per_s": per_s, "mfu": 6 * n * per_s / peak,
+           "mfu_padded": 6 * n * per_s_padded / peak, **run}  # fmt: skip
+    print(f"{name}: N = {n / 1e6:.2f}M, {per_s:.0f} tokens/s, MFU {100 * out['mfu']:.1f}% "
+          f"({100 * out['mfu_padded']:.1f}% counting padding)")  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/sft_mfu.json")
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--smollm2-dir", default="/tmp/latentrl_smollm2")
+    ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    peak = matmul_peak()
+    print(f"measured fp32 matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
+    result = {"benchmark": "sft_mfu", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+              "env": env_info(torch.get_num_threads()), "loadavg_before": loadavg(), "peak": peak, "cases": {}}  # fmt: skip
+    for name, shape, bs in [("gpt2 4x128", (4, 128, 4), 64), ("gpt2 6x256", (6, 256, 8), 64), ("gpt2 8x512", (8, 512, 8), 64)]:
+        model, tok = build_tiny_model("gpt2", n_layer=shape[0], n_embd=shape[1], n_head=shape[2], max_length=256)
+        result["cases"][name] = case(name, model, tok, bs, args.steps, peak["peak_flops"])
+    if not args.skip_smollm2:
+        model, tok, _, _ = load_model("smollm2", args.smollm2_dir)
+        result["cases"]["SmolLM2-135M"] = case("SmolLM2-135M", model, tok, 16, max(2, args.steps // 2), peak["peak_flops"])
+    result["loadavg_after"] = loadavg()
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
