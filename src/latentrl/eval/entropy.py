@@ -26,7 +26,7 @@ import torch
 from pydantic import Field
 
 from latentrl.config import Config
-from latentrl.models.readout import final_norm, layer_logits, token_entropy, unembedding
+from latentrl.models.readout import ban_never_sampled, final_norm, layer_logits, token_entropy, unembedding
 
 TAPS = {"attn": ("attn", "self_attn", "self_attention", "attention"), "ffn": ("mlp", "feed_forward", "ffn"),
         "attn_in": ("ln_1", "input_layernorm"), "ffn_in": ("ln_2", "post_attention_layernorm")}  # fmt: skip
@@ -176,7 +176,7 @@ def analyze_batch(model, record, table: EntropyTable, use_final_norm: bool) -> N
             x = taps.get(layer, "block" if name == "residual" else name)[:, : P + T][used]  # [N, D]
             normed = use_final_norm or (name == "residual" and layer == last)  # HF: hidden_states[L] is normed
             entropy = torch.zeros(used.shape, device=x.device)
-            entropy[used] = token_entropy(layer_logits(x[None], W, norm if normed else None))[0]  # [B, P+T]
+            entropy[used] = token_entropy(ban_never_sampled(model, layer_logits(x[None], W, norm if normed else None)))[0]
             table.add(name, layer, entropy, scored, steps)
     table.count += int(scored.sum())
 
