@@ -17,9 +17,6 @@ Soft thinking's cost per step is ``bench_soft.py``'s.
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -27,11 +24,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_soft import env_info, load_model, loadavg, med  # noqa: E402
+from bench_soft import load_model, med, model_bench_args, start_result, write_result  # noqa: E402
 
 from latentrl.models import ThinkingConfig, encode_prompt, generate  # noqa: E402
 from latentrl.models.latent import left_pad  # noqa: E402
-from latentrl.models.build import add_latent_tokens  # noqa: E402
+from latentrl.models.build import add_latent_tokens, ban_layout_tokens  # noqa: E402
 from latentrl.tasks import load_examples  # noqa: E402
 
 NEVER_EOS = -1
@@ -89,31 +86,19 @@ def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: i
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/engine.json")
+    ap = model_bench_args(__doc__.splitlines()[0], "benchmarks/results/engine.json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--positions", type=int, default=32)
-    ap.add_argument("--smollm2-dir", default="/tmp/latentrl_smollm2")
-    ap.add_argument("--skip-smollm2", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    result = {"benchmark": "engine", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "env": env_info(torch.get_num_threads()), "loadavg_before": loadavg(), "cases": {}}  # fmt: skip
-    names = ["tiny"] + ([] if args.skip_smollm2 else ["smollm2"])
-    for name in names:
+    result = start_result("engine", args.threads) | {"cases": {}}
+    for name in ["tiny"] + ([] if args.skip_smollm2 else ["smollm2"]):
         model, tok, _, desc = load_model(name, args.smollm2_dir)
         if "<|latent|>" not in tok.get_vocab():  # a plain HF model: add the latent markers (as the trainer does)
             add_latent_tokens(model, tok)
+            ban_layout_tokens(model, tok)
         n_prompts, G = (8, 8) if name == "tiny" else (4, 4)
         result["cases"][name] = engine_case(name, model, tok, n_prompts, G, args.positions, args.rounds, desc)
-    result["loadavg_after"] = loadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

@@ -15,9 +15,6 @@ vocabulary), and SmolLM2-135M (30 x 576, vocabulary 49,152). Target: >= 30% at d
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -26,7 +23,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_soft import env_info, load_model, loadavg  # noqa: E402
+from bench_soft import load_model, model_bench_args, start_result, write_result  # noqa: E402
 
 from latentrl.train.sft import sft_loss  # noqa: E402
 from latentrl.models import ThinkingConfig, build_tiny_model, collate, encode_example, latent_forward  # noqa: E402
@@ -88,31 +85,20 @@ def case(name: str, model, tok, batch_size: int, steps: int, peak: float) -> dic
 
 
 def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="benchmarks/results/sft_mfu.json")
+    ap = model_bench_args(__doc__.splitlines()[0], "benchmarks/results/sft_mfu.json")
     ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--smollm2-dir", default="/tmp/latentrl_smollm2")
-    ap.add_argument("--skip-smollm2", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
-    peak = matmul_peak()
+    result = start_result("sft_mfu", args.threads)
+    result["peak"] = peak = matmul_peak()
     print(f"measured fp32 matmul peak: {peak['peak_flops'] / 1e9:.1f} GFLOP/s ({torch.get_num_threads()} threads)")
-    result = {"benchmark": "sft_mfu", "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-              "env": env_info(torch.get_num_threads()), "loadavg_before": loadavg(), "peak": peak, "cases": {}}  # fmt: skip
+    result["cases"] = {}
     for name, shape, bs in [("gpt2 4x128", (4, 128, 4), 64), ("gpt2 6x256", (6, 256, 8), 64), ("gpt2 8x512", (8, 512, 8), 64)]:
         model, tok = build_tiny_model("gpt2", n_layer=shape[0], n_embd=shape[1], n_head=shape[2], max_length=256)
         result["cases"][name] = case(name, model, tok, bs, args.steps, peak["peak_flops"])
     if not args.skip_smollm2:
         model, tok, _, _ = load_model("smollm2", args.smollm2_dir)
         result["cases"]["SmolLM2-135M"] = case("SmolLM2-135M", model, tok, 16, max(2, args.steps // 2), peak["peak_flops"])
-    result["loadavg_after"] = loadavg()
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(result, args.out)
 
 
 if __name__ == "__main__":

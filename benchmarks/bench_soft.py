@@ -179,6 +179,33 @@ def load_model(name: str, smollm2_dir: str):
     return model.eval(), tok, thinking, desc
 
 
+def model_bench_args(description: str, out: str) -> argparse.ArgumentParser:
+    """The flags every model benchmark shares: ``--out``, ``--smollm2-dir``, ``--skip-smollm2``, ``--threads``."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--out", default=out)
+    ap.add_argument("--smollm2-dir", default="/tmp/latentrl_smollm2")
+    ap.add_argument("--skip-smollm2", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    return ap
+
+
+def start_result(name: str, threads: int | None) -> dict:
+    """Set the thread count and seed; the result record with the date, the environment and the load."""
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    return {"benchmark": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "env": env_info(torch.get_num_threads()), "loadavg_before": loadavg()}  # fmt: skip
+
+
+def write_result(result: dict, out: str) -> dict:
+    result["loadavg_after"] = loadavg()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
+    return result
+
+
 def med(xs):
     return statistics.median(xs) if xs else None
 

@@ -20,7 +20,8 @@ lr 2e-4, weight decay 0, constant schedule, grad-norm clip 1, float32, no dropou
 checkpointing, a log record every step. latentrl: ``train_grpo`` in discrete mode, ``exploration=none``.
 Not matched: the sampling streams (each side draws its own completions, hence the reported lengths),
 and on a checkpoint whose tokenizer lacks latentrl's three latent markers (SmolLM2) latentrl adds them
-(3 more embedding / head rows, initialised as eos's); TRL trains the folder as it is.
+(3 more embedding / head rows, initialised as eos's and banned from sampling: their logits are -1e4
+in every forward); TRL trains the folder as it is.
 
 Timing: latentrl's seconds per step are the gaps between consecutive ``log.jsonl`` records (so step 2
 on; the first step warms up), its phases the records' ``time/*`` keys (``rest``: the gap minus them);

@@ -67,3 +67,19 @@ def test_bad_analyze_input_is_one_clear_error(tmp_path, capsys):
     assert "not found" in capsys.readouterr().err
     assert main(["analyze", "entropy", "--checkpoint", "x", "--task", "arith", "n=0"]) == 2
     assert "n" in capsys.readouterr().err
+
+
+def test_a_subset_of_read_outs_gives_the_same_numbers(tmp_path):
+    """``readouts=[residual, ffn]`` computes only those (no delta without the _in read-out), with the same
+    values as the full analysis."""
+    ckpt = tmp_path / "cot"
+    assert main(["sft", f"output_dir={ckpt}", "mode=cot", *TINY]) == 0
+    base = ["analyze", "entropy", "--checkpoint", str(ckpt / "final"), "--task", "arith", "--n", "4",
+            "task_kwargs={num_steps: 2}"]  # fmt: skip
+    assert main([*base, "--out", str(tmp_path / "all")]) == 0
+    assert main([*base, "readouts=[ffn]", "--out", str(tmp_path / "some")]) == 0
+    full = json.loads((tmp_path / "all" / "entropy.json").read_text())
+    some = json.loads((tmp_path / "some" / "entropy.json").read_text())
+    assert {"residual", "ffn"} <= set(some) and not {"attn", "attn_in", "ffn_in", "delta_ffn", "delta_attn"} & set(some)
+    assert some["residual"] == full["residual"] and some["ffn"] == full["ffn"]
+    assert (tmp_path / "some" / "entropy_by_layer.png").exists()

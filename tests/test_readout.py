@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from latentrl.models import build_tiny_model
-from latentrl.models.readout import final_norm, layer_logits, token_entropy, unembedding
+from latentrl.models.readout import ban_never_sampled, final_norm, layer_logits, token_entropy, unembedding
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama", "qwen2"])
@@ -21,9 +21,10 @@ def test_last_layer_with_the_final_norm_is_the_full_policy(family):
         handle = final_norm(model).register_forward_hook(lambda m, a, o: raw.setdefault("h", a[0]))
         model(ids)
         handle.remove()
-        lens = layer_logits(raw["h"], unembedding(model), final_norm(model))
+        lens = ban_never_sampled(model, layer_logits(raw["h"], unembedding(model), final_norm(model)))
     torch.testing.assert_close(lens, out.logits, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(layer_logits(out.hidden_states[-1], unembedding(model)), out.logits, atol=1e-5, rtol=1e-5)
+    top = ban_never_sampled(model, layer_logits(out.hidden_states[-1], unembedding(model)))
+    torch.testing.assert_close(top, out.logits, atol=1e-5, rtol=1e-5)
 
 
 def test_token_entropy_equals_a_naive_computation():

@@ -308,3 +308,32 @@ def test_the_default_end_of_thinking_is_the_first_token_of_the_answer_prefix(smo
     soft = thinking.with_soft(tokenizer)
     first = tokenizer("### ", add_special_tokens=False).input_ids[0]
     assert soft.end_of_thinking_id == first and tokenizer.decode([first]) == "###"  # one BPE token, not '#'
+
+
+def test_layout_tokens_added_to_a_tied_model_are_never_generated(smollm2_dir):
+    """SmolLM2 ties its embeddings: the Coconut markers the trainers add start as copies of EOS's row and so
+    score exactly as EOS does. Loaded through the trainers, their logits are banned in every forward (the
+    model's own, and a BuPO read-out), so a rollout stops at EOS and never emits a marker."""
+    from latentrl.models.build import NEVER_SAMPLED_LOGIT, add_latent_tokens
+    from latentrl.models.readout import PolicyHead, head_logits
+    from latentrl.train.common import load_or_build
+
+    plain, tok = AutoModelForCausalLM.from_pretrained(smollm2_dir), AutoTokenizer.from_pretrained(smollm2_dir)
+    add_latent_tokens(plain, tok)
+    markers = tok.convert_tokens_to_ids(["<|start-latent|>", "<|latent|>", "<|end-latent|>"])
+    ids = torch.tensor([tok("The capital of France is").input_ids])
+    with torch.no_grad():
+        raw = plain(ids).logits[0, -1]
+    assert torch.equal(raw[markers], raw[tok.eos_token_id].repeat(3))  # the hazard: markers tie with EOS
+    model, tok, _ = load_or_build(str(smollm2_dir), {}, seed=0)
+    with torch.no_grad():
+        out = model(ids, output_hidden_states=True)
+    assert (out.logits[0, :, markers] == NEVER_SAMPLED_LOGIT).all()
+    keep = [i for i in range(out.logits.shape[-1]) if i not in markers]
+    torch.testing.assert_close(out.logits[0, -1, keep], raw[keep])  # the rest of the policy is unchanged
+    internal = head_logits(model, PolicyHead(10, "residual", False), out.hidden_states[10], 30)
+    assert (internal[0, :, markers] == NEVER_SAMPLED_LOGIT).all()
+    gen = generate(model, [ids[0].tolist()] * 4, latent_token_id=None, eos_token_id=tok.eos_token_id,
+                   pad_token_id=tok.pad_token_id, max_new_tokens=24, temperature=1.0,
+                   generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert not torch.isin(gen.completion_ids, torch.tensor(markers)).any()

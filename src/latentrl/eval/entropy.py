@@ -26,10 +26,13 @@ import torch
 from pydantic import Field
 
 from latentrl.config import Config
-from latentrl.models.readout import final_norm, layer_logits, token_entropy, unembedding
+from latentrl.models.readout import ban_never_sampled, final_norm, layer_logits, token_entropy, unembedding
 
 TAPS = {"attn": ("attn", "self_attn", "self_attention", "attention"), "ffn": ("mlp", "feed_forward", "ffn"),
         "attn_in": ("ln_1", "input_layernorm"), "ffn_in": ("ln_2", "post_attention_layernorm")}  # fmt: skip
+
+
+READOUTS = ("residual", "attn", "ffn", "attn_in", "ffn_in")
 
 
 class EntropyConfig(Config):
@@ -44,6 +47,11 @@ class EntropyConfig(Config):
     temperature: float = Field(1.0, ge=0, description="Temperature of sampled completions (samples > 1).")
     max_new_tokens: int = Field(64, ge=1, description="Completion length cap.")
     final_norm: bool = Field(False, description="Read every layer after the final norm (the logit lens).")
+    readouts: list[Literal[READOUTS]] = Field(  # type: ignore[valid-type]
+        list(READOUTS), min_length=1,
+        description="Read-outs computed; each is a [tokens, V] matmul per layer, so on a large vocabulary leave out "
+                    "those not needed (residual is always computed; delta_* need a module's _in too).",
+    )  # fmt: skip
     batch_size: int = Field(16, ge=1, description="Prompts per batch.")
     seed: int = Field(0, description="Seed of the task data and of sampling.")
     task_kwargs: dict[str, int | float | str] = Field({}, description="Generator knobs.")
@@ -126,8 +134,9 @@ class EntropyTable:
     def result(self) -> dict:
         means = {k: [v / max(1, self.count) for v in row] for k, row in self.sums.items()}
         out = {"layers": self.layers, "tokens": self.count, **means}
-        out["delta_attn"] = [a - b for a, b in zip(means["attn"], means["attn_in"])]
-        out["delta_ffn"] = [a - b for a, b in zip(means["ffn"], means["ffn_in"])]
+        for module in ("attn", "ffn"):
+            if module in means and f"{module}_in" in means:
+                out[f"delta_{module}"] = [a - b for a, b in zip(means[module], means[f"{module}_in"])]
         if self.steps:
             out["per_thinking_step"] = {k: [[v / max(1, c) for v, c in zip(row, self.step_counts)] for row in grid]
                                         for k, grid in self.steps.items()}  # fmt: skip
@@ -151,7 +160,7 @@ def thinking_step_index(record) -> torch.Tensor:
 
 
 @torch.no_grad()
-def analyze_batch(model, record, table: EntropyTable, use_final_norm: bool) -> None:
+def analyze_batch(model, record, table: EntropyTable, use_final_norm: bool, readouts=READOUTS) -> None:
     """Add one generated batch's entropies to ``table``: one teacher-forced forward under the taps."""
     from latentrl.models.latent import latent_forward
     from latentrl.models.thinking.soft import soft_completion_logits
@@ -172,11 +181,11 @@ def analyze_batch(model, record, table: EntropyTable, use_final_norm: bool) -> N
     used = scored | (steps >= 0)  # read out only where something is averaged: [N] positions, not [B, P+T]
     W, norm, last = unembedding(model), final_norm(model), len(taps.modules) - 1
     for layer in range(len(taps.modules)):
-        for name in ("residual", "attn", "ffn", "attn_in", "ffn_in"):
+        for name in ["residual"] + [r for r in READOUTS[1:] if r in readouts]:
             x = taps.get(layer, "block" if name == "residual" else name)[:, : P + T][used]  # [N, D]
             normed = use_final_norm or (name == "residual" and layer == last)  # HF: hidden_states[L] is normed
             entropy = torch.zeros(used.shape, device=x.device)
-            entropy[used] = token_entropy(layer_logits(x[None], W, norm if normed else None))[0]  # [B, P+T]
+            entropy[used] = token_entropy(ban_never_sampled(model, layer_logits(x[None], W, norm if normed else None)))[0]
             table.add(name, layer, entropy, scored, steps)
     table.count += int(scored.sum())
 
@@ -206,7 +215,7 @@ def run_entropy(cfg: EntropyConfig) -> dict:
                             pad_token_id=tokenizer.pad_token_id, num_generations=cfg.samples,
                             max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature if cfg.samples > 1 else 0.0,
                             generator=generator)  # fmt: skip
-        analyze_batch(model, gen, table, cfg.final_norm)
+        analyze_batch(model, gen, table, cfg.final_norm, cfg.readouts)
         rows += [{"prompt_ids": p, "completion_ids": c} for p, c in zip([p for p in chunk for _ in range(cfg.samples)],
                                                                          gen.completion_lists())]  # fmt: skip
     result = {"checkpoint": cfg.checkpoint, "thinking_mode": thinking.thinking_mode, "final_norm": cfg.final_norm,
@@ -227,7 +236,7 @@ def plot_entropy(result: dict, out: Path) -> None:
 
     layers = list(range(1, result["layers"] + 1))
     fig, ax = plt.subplots(figsize=(6, 4))
-    for name in ("residual", "attn", "ffn"):
+    for name in (n for n in ("residual", "attn", "ffn") if n in result):
         ax.plot(layers, result[name], marker="o", label=name)
     ax.set(xlabel="layer", ylabel="mean entropy (nats)", title=f"read-outs{' (final norm)' if result['final_norm'] else ''}")
     ax.legend()

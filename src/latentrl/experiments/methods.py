@@ -68,3 +68,4 @@ METHODS.update(bupo_grpo=with_bupo("discrete_grpo"), bupo_dropout=with_bupo("dro
 GRPO_METHODS: dict[str, dict] = {name: m.grpo for name, m in METHODS.items() if m.grpo is not None}
 CONTROL_METHODS = ("sft", "sft_more")
 ALL_METHODS = tuple(METHODS)
+DEFAULT_METHODS = tuple(m for m in METHODS if not METHODS[m].bupo)  # the BuPO arms need the sweep's bupo keys

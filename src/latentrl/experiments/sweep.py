@@ -27,7 +27,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from latentrl.config import Config, save_config, validate_config
-from latentrl.experiments.methods import ALL_METHODS, GRPO_METHODS, METHODS
+from latentrl.experiments.methods import ALL_METHODS, DEFAULT_METHODS, GRPO_METHODS, METHODS
 from latentrl.experiments.report import plot_curves, summarize, write_table
 
 
@@ -46,7 +46,7 @@ class SweepConfig(Config):
                              "sft_more the SFT run's problems; fresh: both get new problems.",
     )  # fmt: skip
     seeds: list[int] = Field([0, 1, 2], min_length=1, description="RL seeds.")
-    methods: list[Literal[ALL_METHODS]] = Field(list(ALL_METHODS), min_length=1, description="Methods compared.")  # type: ignore[valid-type]
+    methods: list[Literal[ALL_METHODS]] = Field(list(DEFAULT_METHODS), min_length=1, description="Methods compared (default: all but the bupo_* arms).")  # type: ignore[valid-type]
     grpo: dict = Field({}, description="GRPOConfig overrides shared by the GRPO methods.")
     bupo: dict = Field(
         {}, description="GRPOConfig keys the bupo_* methods add to their control's run: bupo_layer, bupo_steps "

@@ -106,6 +106,7 @@ def build_tiny_model(
             positions = getattr(getattr(model, "transformer", None), "wpe", None)
             if positions is not None:
                 positions.weight.normal_(0.0, 0.5)
+    ban_layout_tokens(model, tokenizer)
     return model, tokenizer
 
 
@@ -185,6 +186,36 @@ def add_latent_tokens(model: PreTrainedModel, tokenizer, init_from: str | None =
             head = model.get_output_embeddings()
             if head is not None and head.weight is not model.get_input_embeddings().weight:
                 head.weight[i] = head.weight[src]
+
+
+NEVER_SAMPLED_LOGIT = -1e4  # exp(-1e4 - lse) is exactly 0 in fp32; finite, so entropies and the NaN watch stay well defined
+
+
+def never_sampled_ids(model: torch.nn.Module) -> tuple[int, ...]:
+    """The token ids :func:`ban_layout_tokens` removed from ``model``'s policy."""
+    return getattr(model, "_latentrl_never_sampled", ())
+
+
+def ban_layout_tokens(model: PreTrainedModel, tokenizer) -> None:
+    """Make the Coconut markers impossible as generated tokens, in every forward of ``model``.
+
+    The layout places them in prompts; they are never actions. Added to a pretrained model they start as
+    copies of another row (EOS by default), and with tied embeddings they then score exactly as EOS does, so
+    a sampler would pick a marker instead of stopping. A hook on the LM head sets their logits to
+    ``NEVER_SAMPLED_LOGIT`` (in place: the head's matmul does not keep its output for the backward), so
+    generation, the log-prob recomputation and SFT all see the same policy over the rest of the vocabulary.
+    """
+    ids = tuple(i for i in tokenizer.convert_tokens_to_ids(list(LATENT_TOKENS)) if i is not None and i != tokenizer.unk_token_id)
+    head = model.get_output_embeddings()
+    if not ids or head is None or never_sampled_ids(model) == ids:
+        return
+    index = torch.tensor(ids)
+
+    def hook(module, args, logits):
+        return logits.index_fill_(-1, index.to(logits.device), NEVER_SAMPLED_LOGIT)
+
+    head.register_forward_hook(hook)
+    model._latentrl_never_sampled = ids
 
 
 def check_latent_support(model: PreTrainedModel) -> None:

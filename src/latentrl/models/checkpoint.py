@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from latentrl.models.build import CheckpointError, load_model
+from latentrl.models.build import CheckpointError, ban_layout_tokens, load_model
 from latentrl.models.layout import ThinkingConfig
 
 TRAINER_STATE = "trainer_state.json"
@@ -127,6 +127,7 @@ def load_checkpoint(directory, dtype: torch.dtype | None = None):
         raise FileNotFoundError(f"{text} is not a Hugging Face checkpoint (no config.json)")
     thinking = ThinkingConfig.load(directory) if Path(directory).is_dir() else ThinkingConfig()
     model, tokenizer = load_model(str(directory), dtype=dtype)
+    ban_layout_tokens(model, tokenizer)
     validate_for_tokenizer(thinking, tokenizer, model.get_input_embeddings().num_embeddings, Path(directory))
     return model, tokenizer, thinking
 

@@ -113,7 +113,16 @@ def head_logits(model: torch.nn.Module, head: PolicyHead, hidden: torch.Tensor, 
     """The internal policy's logits ``[B, L, V]`` from the tapped ``hidden [B, L, D]``. The last layer's
     residual read-out is always normed (HF's ``hidden_states[L]``: the full policy)."""
     normed = head.final_norm or (head.module == "residual" and head.layer == num_layers)
-    return layer_logits(hidden, unembedding(model), final_norm(model) if normed else None)
+    return ban_never_sampled(model, layer_logits(hidden, unembedding(model), final_norm(model) if normed else None))
+
+
+def ban_never_sampled(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` with the ids the model never generates (its layout tokens) set as its LM head sets them,
+    so that an internal policy is a distribution over the same tokens as the full one."""
+    from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
+
+    ids = never_sampled_ids(model)
+    return logits.index_fill_(-1, torch.tensor(ids, device=logits.device), NEVER_SAMPLED_LOGIT) if ids else logits
 
 
 __all__ = ["FULL_POLICY", "PolicyHead", "ReadoutTap", "final_norm", "head_logits", "layer_logits", "token_entropy",

@@ -9,7 +9,7 @@ from accelerate.utils import broadcast_object_list, gather_object, reduce
 from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
 
 from latentrl.models import build_tiny_model, check_latent_support, load_checkpoint
-from latentrl.models.build import add_latent_tokens
+from latentrl.models.build import add_latent_tokens, ban_layout_tokens
 from latentrl.models.layout import ThinkingConfig
 from latentrl.train.run import read_log  # noqa: F401  (re-exported: scripts read logs through here)
 
@@ -27,6 +27,7 @@ def load_or_build(model_name_or_path: str | None, tiny: dict, seed: int):
         thinking = ThinkingConfig()
     check_latent_support(model)
     add_latent_tokens(model, tokenizer)
+    ban_layout_tokens(model, tokenizer)
     return model, tokenizer, thinking
 
 
