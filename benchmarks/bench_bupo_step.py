@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 import transformers
 
-from latentrl.models import ThinkingConfig, build_tiny_model, load_checkpoint
+from latentrl.models import ThinkingConfig, build_tiny_model
 from latentrl.models.readout import FULL_POLICY, PolicyHead
 from latentrl.rewards import answer_match
 from latentrl.tasks import load_examples
+from latentrl.train.common import load_or_build
 from latentrl.train.grpo import GRPOConfig, fill_old_and_ref_logps, make_rollout, rollout_seeds, update
 
 
@@ -96,7 +97,7 @@ def main() -> None:
     cases.append(bench_case("tiny llama 4x128, soft (12 steps) + Gumbel", llama, ltok, soft, soft_cfg,
                             PolicyHead(2, "ffn", True), args.repeats))  # fmt: skip
     if args.smollm2:
-        model, stok, thinking = load_checkpoint(args.smollm2)
+        model, stok, thinking = load_or_build(args.smollm2, {}, seed=0)  # as the trainer loads it (markers added)
         cases.append(bench_case("SmolLM2-135M, discrete", model, stok, ThinkingConfig.from_tokenizer(stok, "discrete"),
                                 grpo_cfg(exploration="none", generation_batch_size=16, per_device_train_batch_size=16,
                                          num_generations=4, max_completion_length=32),

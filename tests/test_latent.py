@@ -187,3 +187,13 @@ def test_checking_for_finished_rows_every_few_tokens_changes_nothing(temperature
     for g in gens[1:]:
         for field in ("completion_ids", "completion_mask", "sample_logps", "truncated"):
             assert torch.equal(getattr(g, field), getattr(gens[0], field)), field
+
+
+def test_sampled_token_logp_against_log_softmax():
+    from latentrl.models.latent import token_logp
+
+    g = torch.Generator().manual_seed(3)
+    logits, tok = torch.randn(6, 40, generator=g) * 3, torch.randint(0, 40, (6,), generator=g)
+    for temperature in (1.0, 0.7, 0.0):
+        ref = torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, tok[:, None]).squeeze(-1)
+        torch.testing.assert_close(token_logp(logits, tok, temperature), ref, atol=1e-6, rtol=0)
