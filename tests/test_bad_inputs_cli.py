@@ -173,7 +173,7 @@ def _token_id(checkpoint: Path, token: str) -> int:
 
 @pytest.mark.parametrize(
     "case",
-    ["no_thinking_mode", "telepathy", "soft", "no_latent_token_id", "null_latent_token_id", "latent_id_out_of_range",
+    ["no_thinking_mode", "telepathy", "soft_top_k_zero", "no_latent_token_id", "null_latent_token_id", "latent_id_out_of_range",
      "latent_id_ordinary_token", "num_latents_negative"],
 )  # fmt: skip
 def test_b_bad_latentrl_json(runs, tmp_path, eval_out, capsys, case):
@@ -188,13 +188,9 @@ def test_b_bad_latentrl_json(runs, tmp_path, eval_out, capsys, case):
     elif case == "telepathy":
         meta["thinking_mode"] = "telepathy"
         needles = ("thinking_mode", "telepathy")
-    elif case == "soft":
-        from latentrl.models.layout import IMPLEMENTED_MODES
-
-        if "soft" in IMPLEMENTED_MODES:
-            pytest.skip("soft thinking is implemented now: thinking_mode 'soft' is a valid latentrl.json")
-        meta["thinking_mode"] = "soft"
-        needles = ("soft", "not implemented")
+    elif case == "soft_top_k_zero":
+        meta["thinking_mode"], meta["soft_top_k"] = "soft", 0
+        needles = ("soft_top_k", "0")
     elif case == "no_latent_token_id":
         del meta["latent_token_id"]
         needles = ("latent_token_id",)
