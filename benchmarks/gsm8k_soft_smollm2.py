@@ -55,7 +55,6 @@ import datetime as dt
 import json
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -76,43 +75,14 @@ from latentrl.models.thinking import thinking_mode  # noqa: E402
 from latentrl.rewards import answer_match, extract_answer  # noqa: E402
 from latentrl.tasks import load_examples  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_soft import cpu_snapshot, loadavg, other_cpu_seconds, smollm2_folder  # noqa: E402
+
 INSTRUCTION = "\nThink step by step, then give the final answer as a number."
 END_OF_THINKING = "<empty_output>"
 DEFAULT_DATA = str(ROOT.parent / "shared" / "data" / "gsm8k" / "test.jsonl")
 DEFAULT_SMOLLM2_DIR = "/tmp/latentrl_smollm2"
 METHODS = ("cot", "soft", "soft_gumbel")
-
-
-def loadavg():
-    return list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-
-
-def cpu_snapshot() -> tuple[float, float]:
-    """``(busy CPU seconds of the whole machine, CPU seconds of this process and its waited-for children)``;
-    the difference of two snapshots' deltas is the CPU time other processes took meanwhile."""
-    with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    busy = sum(parts[:3]) + sum(parts[5:8])  # user nice system (idle iowait skipped) irq softirq steal
-    own = sum(getattr(resource.getrusage(w), k) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)
-              for k in ("ru_utime", "ru_stime"))  # fmt: skip
-    return busy / os.sysconf("SC_CLK_TCK"), own
-
-
-def other_cpu_seconds(since: tuple[float, float]) -> float:
-    """CPU seconds other processes used since the snapshot ``since`` (0 on an otherwise idle machine)."""
-    busy, own = cpu_snapshot()
-    return round(max(0.0, (busy - since[0]) - (own - since[1])), 2)
-
-
-def smollm2_folder(path: str) -> tuple[Path, dict]:
-    out = Path(path)
-    if (out / "latentrl.json").is_file():
-        return out, {"converted_now": False}
-    from latentrl.models.gguf import convert_gguf, smollm2_gguf_path
-
-    t = time.perf_counter()
-    convert_gguf(smollm2_gguf_path(), out, overwrite=out.exists())
-    return out, {"converted_now": True, "conversion_seconds": time.perf_counter() - t}
 
 
 def chat_prompt(tokenizer, question: str) -> tuple[str, list[int]]:

@@ -190,10 +190,10 @@ def test_checking_for_finished_rows_every_few_tokens_changes_nothing(temperature
 
 
 def test_sampled_token_logp_against_log_softmax():
-    from latentrl.models.latent import token_logp
+    from latentrl.models.thinking.logprobs import selected_logps
 
     g = torch.Generator().manual_seed(3)
     logits, tok = torch.randn(6, 40, generator=g) * 3, torch.randint(0, 40, (6,), generator=g)
     for temperature in (1.0, 0.7, 0.0):
         ref = torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, tok[:, None]).squeeze(-1)
-        torch.testing.assert_close(token_logp(logits, tok, temperature), ref, atol=1e-6, rtol=0)
+        torch.testing.assert_close(selected_logps(logits, tok, temperature)[0], ref, atol=1e-6, rtol=0)

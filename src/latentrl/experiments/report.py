@@ -95,8 +95,7 @@ def sampled_table(summary: dict, base: str) -> list[str]:
                 continue
             cell = f"{_pct(v['mean'])} [{_pct(v['ci95'][0])}, {_pct(v['ci95'][1])}]"
             if "paired_diff" in v:
-                d = v["paired_diff"]
-                cell += f"; Δ {100 * d['mean']:+.1f} [{_pct(d['ci95'][0])}, {_pct(d['ci95'][1])}]"
+                cell += f"; Δ {_delta(v['paired_diff'])}"
             cells.append(cell)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines

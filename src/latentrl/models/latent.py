@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.errors import FiniteWatch
 from latentrl.exploration import Exploration, NoExploration
+from latentrl.models.thinking.logprobs import selected_logps
 from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
 
 
@@ -155,14 +156,6 @@ def sample_next(
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-def token_logp(logits: torch.Tensor, tok: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``log softmax(logits / T)[tok]`` without a ``[B, V]`` log-softmax: ``[B, V]``, ``[B]`` -> ``[B]``."""
-    scaled = logits.float()
-    if temperature > 0 and temperature != 1.0:
-        scaled = scaled / temperature
-    return scaled.gather(-1, tok[:, None]).squeeze(-1) - torch.logsumexp(scaled, -1)
-
-
 @dataclass
 class Generation:
     """Output of :func:`generate`. Rows are grouped: rollouts of prompt i are rows ``i*G .. i*G+G-1``."""
@@ -250,7 +243,7 @@ def generate(
             logits = finite(logits)
             tok = sample_next(logits, temperature, top_p, generator)
             tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-            logps.append(token_logp(logits, tok, temperature))
+            logps.append(selected_logps(logits, tok, temperature)[0])
             tokens.append(tok)
             done = done | (tok == eos_token_id)
             if (t + 1) % sync_every == 0 and bool(done.all()):

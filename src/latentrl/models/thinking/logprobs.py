@@ -20,12 +20,18 @@ def token_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float) -> 
     Selective: ``logit[id] - logsumexp(logits)``, so autograd keeps no ``[B, T, V]`` log-softmax of its own;
     the entropy (a diagnostic, no gradient) is computed in row chunks, ``H = lse - sum_v p_v logit_v``.
     """
-    logits = logits.float()
+    logps, scaled, lse = selected_logps(logits, ids, temperature)
+    return logps, chunked_entropy(scaled.detach(), lse.detach())
+
+
+def selected_logps(logits: torch.Tensor, ids: torch.Tensor, temperature: float):
+    """``log softmax(logits / T)`` at ``ids`` as ``logit[id] - logsumexp``, never materialising the log-softmax:
+    ``[..., V]``, ``[...]`` -> ``(logps [...], the scaled float logits [..., V], their logsumexp [...])``."""
+    scaled = logits.float()
     if temperature > 0 and temperature != 1.0:
-        logits = logits / temperature
-    lse = torch.logsumexp(logits, dim=-1)  # [B, T]
-    logps = logits.gather(-1, ids[..., None]).squeeze(-1) - lse  # [B, T]
-    return logps, chunked_entropy(logits.detach(), lse.detach())
+        scaled = scaled / temperature
+    lse = torch.logsumexp(scaled, dim=-1)
+    return scaled.gather(-1, ids[..., None]).squeeze(-1) - lse, scaled, lse
 
 
 def chunked_entropy(logits: torch.Tensor, lse: torch.Tensor, chunk_elements: int = 1 << 24) -> torch.Tensor:

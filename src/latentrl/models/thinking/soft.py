@@ -202,9 +202,9 @@ class _LoopState:
         ends_with = torch.where(step_tok == eos_id, step_tok, torch.full_like(step_tok, s.end_of_thinking_id))
         tok = torch.where(soft_now, step_tok, torch.where(ends, ends_with, answer))
         tok = torch.where(self.done, torch.full_like(tok, pad_id), tok)
-        from latentrl.models.latent import token_logp
+        from latentrl.models.thinking.logprobs import selected_logps
 
-        logp = token_logp(logits, tok, temperature)
+        logp = selected_logps(logits, tok, temperature)[0]
         r = self.record
         r["tokens"].append(tok)
         r["logps"].append(torch.where(soft_now | self.done, torch.zeros_like(logp), logp))
