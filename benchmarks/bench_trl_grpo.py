@@ -2,7 +2,7 @@
 
     python benchmarks/bench_trl_grpo.py [--checkpoint DIR] [--prompts 8] [--generations 8] \
         [--max-completion-length 32] [--steps 6] [--pairs 3] [--loss-type dapo] [--scale-rewards none] \
-        [--threads N] [--seed 0] [--out benchmarks/results/trl_grpo_step.json]
+        [--trl-defaults] [--threads N] [--seed 0] [--out benchmarks/results/trl_grpo_step.json]
 
 Both sides train the same HF folder: ``--checkpoint`` (e.g. ``/tmp/latentrl_smollm2``) or, without it,
 a tiny GPT-2 (4 layers x 128) CoT-SFT'd once by ``latentrl sft mode=cot`` into a temporary folder. Each
@@ -18,6 +18,9 @@ top-p 1, no top-k, beta 0 (no reference model), ``num_iterations`` 1 (no old-log
 ``loss_type`` and ``scale_rewards`` as given, AdamW (``torch.optim.AdamW``: TRL ``optim="adamw_torch"``)
 lr 2e-4, weight decay 0, constant schedule, grad-norm clip 1, float32, no dropout, no gradient
 checkpointing, a log record every step. latentrl: ``train_grpo`` in discrete mode, ``exploration=none``.
+``--trl-defaults`` times TRL as a new user's config gets it instead: the same work settings, but TRL's
+own defaults for memory, gradient checkpointing on and ``bf16`` autocast (latentrl keeps its defaults:
+float32, no checkpointing); not the same arithmetic, so it is reported apart from the matched ratio.
 Not matched: the sampling streams (each side draws its own completions, hence the reported lengths),
 and on a checkpoint whose tokenizer lacks latentrl's three latent markers (SmolLM2) latentrl adds them
 (3 more embedding / head rows, initialised as eos's and banned from sampling: their logits are -1e4
@@ -152,14 +155,15 @@ def trl_args(spec: dict, output_dir: str):
     import trl
 
     B = spec["prompts"] * spec["generations"]
+    # --trl-defaults: what a new user's config gets, TRL's gradient checkpointing and bf16 autocast
+    memory = {} if spec["trl_defaults"] else {"bf16": False, "fp16": False, "activation_checkpointing": False}
     return trl.GRPOConfig(
-        output_dir=output_dir, use_cpu=True, bf16=False, fp16=False, report_to=[], seed=spec["seed"],
+        output_dir=output_dir, use_cpu=True, report_to=[], seed=spec["seed"], **memory,
         per_device_train_batch_size=B, gradient_accumulation_steps=1, steps_per_generation=1,
         num_generations=spec["generations"], max_completion_length=spec["max_completion_length"],
         max_steps=spec["steps"], temperature=1.0, top_p=1.0, top_k=0, beta=0.0, num_iterations=1, epsilon=0.2,
         loss_type=spec["loss_type"], scale_rewards=spec["scale_rewards"], learning_rate=spec["learning_rate"],
         weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
-        activation_checkpointing=False,  # transformers 5's name of gradient_checkpointing, which TRL turns on
         disable_dropout=True, shuffle_dataset=False, logging_steps=1, save_strategy="no", disable_tqdm=True,
         remove_unused_columns=False, dataloader_num_workers=0,
     )  # fmt: skip
@@ -218,7 +222,7 @@ def run_trl(spec: dict, work: Path) -> dict:
     median = {k: statistics.median(v[1:]) for k, v in phases.items()}
     rest = [s - phases["generate_and_score"][i] - phases["compute_loss"][i] for i, s in enumerate(seconds, 1)]
     keys = ("generation_batch_size", "steps_per_generation", "gradient_accumulation_steps", "activation_checkpointing",
-            "scale_rewards", "loss_type", "optim", "top_k")  # fmt: skip
+            "bf16", "fp16", "scale_rewards", "loss_type", "optim", "top_k")  # fmt: skip
     settings = {k: getattr(args, k) for k in keys} | {"model_dtype": str(trainer.model.dtype),
                                                       "checkpointing": trainer.model.is_activation_checkpointing}
     return {"step_seconds": seconds, "cycle_seconds": [b - a for a, b in zip(timer.end, timer.end[1:])],
@@ -300,7 +304,8 @@ def summarise(pairs: list[dict]) -> dict:
 def print_table(setup: dict, summary: dict, out: str) -> None:
     print(f"GRPO step, {setup['rollouts']} rollouts ({setup['prompts']} prompts x {setup['generations']}), "
           f"max {setup['max_completion_length']} completion tokens, {setup['pairs']} pairs x {setup['steps']} steps "
-          f"(first step of each run not timed)")  # fmt: skip
+          f"(first step of each run not timed); TRL "
+          f"{'with its defaults: gradient checkpointing, bf16' if setup['trl_defaults'] else 'matched: float32, no checkpointing'}")  # fmt: skip
     print(f"  {'':10s} {'step s':>8s} {'compl. len':>10s} {'reward':>7s}   phases (median s)")
     for side in SIDES:
         s = summary[side]
@@ -327,6 +332,8 @@ def main() -> None:
     ap.add_argument("--loss-type", default="dapo", choices=["grpo", "bnpo", "dr_grpo", "dapo"])
     ap.add_argument("--scale-rewards", default="none", choices=["group", "batch", "none"])
     ap.add_argument("--learning-rate", type=float, default=2e-4)
+    ap.add_argument("--trl-defaults", action="store_true",
+                    help="TRL keeps its own gradient checkpointing and bf16 defaults (as a new user's config would)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/trl_grpo_step.json")
@@ -347,7 +354,7 @@ def main() -> None:
         spec = {"checkpoint": str(Path(checkpoint).resolve()), "prompts": args.prompts, "generations": args.generations,
                 "max_completion_length": args.max_completion_length, "steps": args.steps, "loss_type": args.loss_type,
                 "scale_rewards": args.scale_rewards, "learning_rate": args.learning_rate, "threads": args.threads,
-                "seed": args.seed}  # fmt: skip
+                "seed": args.seed, "trl_defaults": args.trl_defaults}  # fmt: skip
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         pairs = [run_pair(k, args.pairs, spec_path) for k in range(args.pairs)]

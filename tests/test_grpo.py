@@ -173,12 +173,12 @@ def test_interrupted_grpo_run_resumes_to_the_same_weights(tmp_path):
     assert steps == [1, 2, 3]
 
 
-@pytest.mark.parametrize("scale_rewards", ["none", "batch"])
-def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards):
+@pytest.mark.parametrize("scale_rewards,temperature", [("none", 0), ("batch", 1)])
+def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards, temperature):
     """torchrun with 2 CPU processes (each rolling out half the groups) = 1 process, same global batch.
 
-    Greedy answers under dropout masks keep the rollouts a function of each row's seed alone;
-    ``scale_rewards=batch`` needs every process's rewards; dapo needs the global token count.
+    Dropout masks and sampled tokens (temperature 1) are functions of each row's seed, so the rollouts
+    are the same on any number of processes; ``scale_rewards=batch`` needs every process's rewards.
     """
     import os
     import subprocess
@@ -192,7 +192,7 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards):
                  "num_train_epochs=1", *tiny]) == 0  # fmt: skip
     common = ["grpo", f"model_name_or_path={tmp_path / 'sft' / 'final'}", "num_generations=4", "generation_batch_size=16",
               "per_device_train_batch_size=4", "max_completion_length=8", "task_kwargs={num_steps: 2}", "max_steps=2",
-              "disable_tqdm=true", "learning_rate=1e-2", "temperature=0", "dropout_p=0.5", "dropout_sites=[block]", "dropout_cover_answer=true",
+              "disable_tqdm=true", "learning_rate=1e-2", f"temperature={temperature}", "dropout_p=0.5", "dropout_sites=[block]", "dropout_cover_answer=true",
               "dropout_cover_prefill=true", f"scale_rewards={scale_rewards}", "beta=0.04", "save_steps=0"]  # fmt: skip
     # an untrained policy rarely gets answers right: reward a function of the text so the groups vary
     (tmp_path / "text_rewards.py").write_text(

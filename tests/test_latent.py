@@ -170,23 +170,97 @@ def test_selective_token_logps_against_log_softmax():
     torch.testing.assert_close(chunked_entropy(x, lse, chunk_elements=22), chunked_entropy(x, lse))  # 2 rows a chunk
 
 
-@pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_checking_for_finished_rows_every_few_tokens_changes_nothing(temperature):
-    """``sync_every`` (how often the host reads whether every row finished) leaves the generation as it is:
-    the columns decoded after the last row ended are cut off."""
+def _early_ending(temperature, **kw):
+    """A tiny Coconut model's prompts and decoding settings under which rows end at different steps."""
     model, tok = tiny("gpt2")
     cfg = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=2)
     prompts = [encode_prompt(tok, q, cfg, 2) for q in QUESTIONS]
     decode = dict(latent_token_id=cfg.latent_token_id, pad_token_id=tok.pad_token_id, num_generations=3,
-                  max_new_tokens=20, temperature=temperature)  # fmt: skip
+                  max_new_tokens=20, temperature=temperature, **kw)  # fmt: skip
     free = generate(model, prompts, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **decode)
     eos = int(free.completion_ids[:, 2:].flatten().mode().values)  # a frequent token ends rows early, at different steps
-    gens = [generate(model, prompts, eos_token_id=eos, sync_every=k, generator=torch.Generator().manual_seed(1), **decode)
-            for k in (1, 5, 64)]  # fmt: skip
+    return model, prompts, dict(decode, eos_token_id=eos)
+
+
+def assert_same_generation(a, b):
+    """Same tokens, masks and ends; the sampled log-probs equal within float rounding (a smaller batch can
+    round a matmul differently)."""
+    for field in ("completion_ids", "completion_mask", "truncated"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    torch.testing.assert_close(a.sample_logps, b.sample_logps, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_checking_for_finished_rows_every_few_tokens_changes_nothing(temperature):
+    """``sync_every`` (how often the host reads whether every row finished) leaves the generation as it is:
+    the columns decoded after the last row ended are cut off."""
+    model, prompts, decode = _early_ending(temperature)
+    gens = [generate(model, prompts, sync_every=k, generator=torch.Generator().manual_seed(1), **decode) for k in (1, 5, 64)]
     assert gens[0].completion_mask.sum(1).lt(20).any()  # some rows did end early
     for g in gens[1:]:
-        for field in ("completion_ids", "completion_mask", "sample_logps", "truncated"):
-            assert torch.equal(getattr(g, field), getattr(gens[0], field)), field
+        assert_same_generation(g, gens[0])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+@pytest.mark.parametrize("exploring", [False, True])
+def test_finished_rows_leaving_the_batch_changes_nothing(temperature, exploring, monkeypatch):
+    """Rows that finished leave the decoding batch (their KV cache, mask, sampling keys and dropout masks are
+    dropped): the generation is the one of a batch that keeps every row to the end, whenever they leave."""
+    from latentrl.exploration import DropoutExploration
+    from latentrl.models import latent
+
+    model, prompts, decode = _early_ending(temperature)
+    batch_sizes = []  # the rows left after each compaction
+    drop = latent._LiveRows.drop_finished
+    monkeypatch.setattr(latent._LiveRows, "drop_finished",
+                        lambda self, *a: batch_sizes.append(len(self.rows) - int(self.done.sum())) or drop(self, *a))  # fmt: skip
+
+    def run(compact_at):
+        noise = DropoutExploration(p=0.3, sites=("thought", "mlp"), cover_answer=True) if exploring else None
+        return generate(model, prompts, compact_at=compact_at, exploration=noise, seeds=torch.arange(12) * 7 + 3,
+                        generator=torch.Generator().manual_seed(1), **decode)  # fmt: skip
+
+    kept = run(0.0)  # never compacts
+    lengths = kept.completion_mask.sum(1)
+    assert len(set(lengths.tolist())) > 2 and lengths.lt(20).any()  # rows end at several different steps
+    assert batch_sizes == []
+    assert_same_generation(run(1e-9), kept)  # a row leaves as soon as it ends
+    assert len(batch_sizes) >= 2 and batch_sizes == sorted(batch_sizes, reverse=True) and batch_sizes[0] < 12
+    for compact_at in (0.25, 0.7):  # the default, rarely
+        assert_same_generation(run(compact_at), kept)
+
+
+def test_a_rows_tokens_do_not_depend_on_the_other_rows():
+    """Each row samples from its own stream (its seed and one draw of the generator): alone, or in another
+    batch in another place, a row draws the same tokens."""
+    model, prompts, decode = _early_ending(1.0, compact_at=0.25)
+    decode["num_generations"] = 1
+    seeds = torch.tensor([11, 22, 33, 44])
+    full = generate(model, prompts, seeds=seeds, generator=torch.Generator().manual_seed(5), **decode)
+    order = [2, 0]
+    part = generate(model, [prompts[i] for i in order], seeds=seeds[order], generator=torch.Generator().manual_seed(5), **decode)
+    for j, i in enumerate(order):
+        assert full.completion_lists()[i] == part.completion_lists()[j]
+    other = generate(model, prompts, seeds=seeds + 1, generator=torch.Generator().manual_seed(5), **decode)
+    assert other.completion_lists() != full.completion_lists()  # the seed does choose the draws
+
+
+def test_inverse_cdf_sampler_matches_the_distribution():
+    """The counter-based sampler against the categorical it samples: frequencies over 40,000 rows within 4
+    standard errors of p, zero-probability ids never drawn, and the generator advancing once per call."""
+    from latentrl.models.sampling import sample_next, sampling_keys
+
+    p = torch.tensor([0.4, 0.0, 0.25, 0.2, 0.1, 0.05, 0.0])
+    n = 40_000
+    g = torch.Generator().manual_seed(0)
+    draws = sample_next(torch.log(p).expand(n, -1), 1.0, keys=sampling_keys(torch.arange(n), g), step=3)
+    freq = torch.bincount(draws, minlength=len(p)).double() / n
+    se = (p.double() * (1 - p.double()) / n).sqrt()
+    assert (freq - p).abs().le(4 * se + 1e-12).all(), freq
+    assert freq[1] == 0 and freq[6] == 0
+    h = torch.Generator().manual_seed(0)
+    torch.randint(0, 2**62, (1,), generator=h, dtype=torch.long)  # one draw, as sampling_keys takes
+    assert torch.randint(0, 10**9, (1,), generator=g).item() == torch.randint(0, 10**9, (1,), generator=h).item()
 
 
 def test_sampled_token_logp_against_log_softmax():

@@ -3,7 +3,7 @@
 import torch
 
 from latentrl.models import ThinkingConfig, build_char_tokenizer, collate, encode_example
-from latentrl.models.latent import sample_next
+from latentrl.models.sampling import sample_next, sampling_keys
 from latentrl.models.layout import stage_plan
 
 
@@ -52,8 +52,8 @@ def test_collate_aligns_the_end_of_the_latent_block():
 
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
-    g = torch.Generator().manual_seed(0)
-    draws = torch.stack([sample_next(logits, 1.0, top_p=0.7, generator=g) for _ in range(2000)])
+    keys = sampling_keys(torch.arange(2000), torch.Generator().manual_seed(0))
+    draws = sample_next(logits.expand(2000, -1), 1.0, top_p=0.7, keys=keys)
     assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 >= 0.7: tokens 2 and 3 are cut
     freq0 = (draws == 0).float().mean().item()
     assert abs(freq0 - 0.5 / 0.8) < 0.04  # renormalised over the nucleus

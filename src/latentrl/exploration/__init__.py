@@ -29,6 +29,9 @@ class Exploration(Protocol):
     def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
         """Transform the hidden state fed back at latent ``step``; returns ``[B, D]``."""
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """The batch goes on with ``rows`` (indices into the current rows) only: finished rollouts left it."""
+
 
 from latentrl.exploration.none import NoExploration  # noqa: E402
 from latentrl.exploration.dropout import DropoutExploration  # noqa: E402

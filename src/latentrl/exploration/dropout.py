@@ -168,6 +168,11 @@ class DropoutExploration:
             return h
         return h * self._mask("thought", 0, self._mask_step("latent", step), h)
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        """Keep the seeds and the masks built so far of ``rows`` only (the masks' statistics keep every row)."""
+        self._seeds = self._seeds[rows.to(self._seeds.device)]
+        self._cache = {key: mask[rows.to(mask.device)] for key, mask in self._cache.items()}
+
     def mask_stats(self) -> dict[str, float]:
         """Fraction of units kept over the masks built in the current or last session, and how many."""
         if not self._kept:

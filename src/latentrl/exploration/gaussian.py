@@ -59,6 +59,9 @@ class GaussianExploration:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self._phase = phase
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        self._seeds = self._seeds[rows.to(self._seeds.device)]
+
     def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:  # [B, D] -> [B, D]
         if self._phase != "latent" or self.sigma == 0:
             return h

@@ -21,6 +21,9 @@ class NoExploration:
     def thought(self, h: torch.Tensor, step: int) -> torch.Tensor:
         return h
 
+    def select_rows(self, rows: torch.Tensor) -> None:
+        return None
+
     def soft_logits(self, p: torch.Tensor, seeds: torch.Tensor, step: int) -> tuple[torch.Tensor, float]:
         """Plain Soft Thinking: ``g' = log p~`` and ``tau = 1``, so the weights are ``p~`` itself."""
         return torch.log(p), 1.0

@@ -9,7 +9,8 @@ counter-based hash (splitmix64, Steele et al. 2014) in int64 torch ops::
     u[j] = top 24 bits of mix(key + j * gamma) / 2**24            # unit j -> uniform in [0, 1)
 
 Streams (``SITE_IDS``): the dropout sites (thought, mlp, attn, block), the two uniforms of the
-Gaussian's Box-Muller, the Gumbel noise of soft thinking, and its ablations' Gaussian and Gamma draws.
+Gaussian's Box-Muller, the Gumbel noise of soft thinking, and its ablations' Gaussian and Gamma draws,
+and the decoding's token draws (``latentrl.models.sampling``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import torch
 
 SITE_IDS = {"thought": 0, "mlp": 1, "attn": 2, "block": 3, "gauss_a": 4, "gauss_b": 5, "gumbel": 6, "soft_gauss_a": 7,
-            "soft_gauss_b": 8, "gamma_x": 9, "gamma_y": 10, "gamma_u": 11, "gamma_boost": 12}  # fmt: skip
+            "soft_gauss_b": 8, "gamma_x": 9, "gamma_y": 10, "gamma_u": 11, "gamma_boost": 12, "sample": 13}  # fmt: skip
 
 
 

@@ -20,6 +20,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.errors import FiniteWatch
 from latentrl.exploration import Exploration, NoExploration
+from latentrl.models.sampling import sample_next, sampling_keys
 from latentrl.models.thinking.logprobs import selected_logps
 from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
 
@@ -138,24 +139,6 @@ def latent_forward(
     return LatentOutput(logits.logits(), cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
 
 
-def sample_next(
-    logits: torch.Tensor,  # [B, V]
-    temperature: float,
-    top_p: float = 1.0,
-    generator: torch.Generator | None = None,
-) -> torch.Tensor:  # [B]
-    """Greedy when ``temperature == 0``; else nucleus sampling from ``softmax(logits / temperature)``."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    probs = torch.softmax(logits.float() / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_p, order = probs.sort(dim=-1, descending=True)
-        outside = sorted_p.cumsum(-1) - sorted_p > top_p  # keep the smallest prefix reaching top_p
-        sorted_p = sorted_p.masked_fill(outside, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_p)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
-
-
 @dataclass
 class Generation:
     """Output of :func:`generate`. Rows are grouped: rollouts of prompt i are rows ``i*G .. i*G+G-1``."""
@@ -213,13 +196,17 @@ def generate(
     seeds: torch.Tensor | None = None,
     generator: torch.Generator | None = None,
     sync_every: int | None = None,
+    compact_at: float = 0.25,
 ) -> Generation:
     """Batched generation: latent phase on the KV cache, then cached answer decoding.
 
-    The host reads "have all rows finished?" every ``sync_every`` tokens (default: every token on the CPU,
-    where the read is free; every 8 on an accelerator, where each read stalls the queue); the columns
-    decoded after the last row finished are cut off, so the result does not depend on it (a random
-    generator shared with later calls does advance further).
+    Row ``b`` carries ``seeds[b]`` (default ``b``): its exploration noise and, with one draw of
+    ``generator``, its token draws (``latentrl.models.sampling``), so no row's tokens depend on the others.
+    The host reads which rows have finished every ``sync_every`` tokens (default: every token on the CPU,
+    where the read is free; every 8 on an accelerator, where each read stalls the queue). When at least
+    ``compact_at`` of the rows still in the batch have finished, they leave it: their KV cache, mask and
+    noise rows are dropped (``compact_at=0``: never). Neither setting changes the result; the columns
+    decoded after the last row finished are cut off.
     """
     exploration = exploration or NoExploration()
     rows = [p for p in prompts for _ in range(num_generations)]
@@ -228,42 +215,66 @@ def generate(
     prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
     latent = prompt_ids == latent_token_id if latent_token_id is not None else torch.zeros_like(prompt_ids, dtype=torch.bool)
     latent &= prompt_mask.bool()
-    seeds = torch.zeros(B, dtype=torch.long) if seeds is None else seeds
+    seeds = torch.arange(B) if seeds is None else seeds
+    keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
+    tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
+    logps = torch.zeros((B, max_new_tokens), device=device)
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True)
         cache, logits = out.past_key_values, out.logits[:, -1]
-        mask = prompt_mask
-        next_pos = position_ids_from_mask(prompt_mask)[:, -1:] + 1  # [B, 1]
-        tokens, logps = [], []
-        done = torch.zeros(B, dtype=torch.bool, device=device)
+        live = _LiveRows(torch.arange(B, device=device), prompt_mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys)
         finite = FiniteWatch(device)
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             logits = finite(logits)
-            tok = sample_next(logits, temperature, top_p, generator)
-            tok = torch.where(done, torch.full_like(tok, pad_token_id), tok)
-            logps.append(selected_logps(logits, tok, temperature)[0])
-            tokens.append(tok)
-            done = done | (tok == eos_token_id)
-            if (t + 1) % sync_every == 0 and bool(done.all()):
-                break
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            tok = torch.where(live.done, pad_token_id, sample_next(logits, temperature, top_p, live.keys, t))
+            tokens[live.rows, t] = tok
+            logps[live.rows, t] = selected_logps(logits, tok, temperature)[0]
+            live.done |= tok == eos_token_id
+            if (t + 1) % sync_every == 0:
+                finished = int(live.done.sum())
+                if finished == len(live.rows):
+                    break
+                if compact_at > 0 and finished >= compact_at * len(live.rows):
+                    tok = live.drop_finished(tok, cache, exploration)
+            live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
             kv = {CACHE_KWARG: cache}  # filled in place
-            step = model(input_ids=tok[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True, **kv)
-            logits, next_pos = step.logits[:, -1], next_pos + 1
+            step = model(input_ids=tok[:, None], attention_mask=live.mask, position_ids=live.next_pos, use_cache=True, **kv)
+            logits, live.next_pos = step.logits[:, -1], live.next_pos + 1
     finite.check()
-    completion = torch.stack(tokens, dim=1)  # [B, T]
-    is_eos = completion == eos_token_id
+    is_eos = tokens == eos_token_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
     T = int((~after_eos).any(0).sum())  # the columns some row still needed (a prefix)
-    completion, is_eos, after_eos, logps = completion[:, :T], is_eos[:, :T], after_eos[:, :T], logps[:T]
-    completion_mask = (~after_eos).long()
+    completion, is_eos, after_eos = tokens[:, :T], is_eos[:, :T], after_eos[:, :T]
     completion = completion.masked_fill(after_eos, pad_token_id)
-    sample_logps = torch.stack(logps, dim=1).masked_fill(after_eos, 0.0)
-    return Generation(
-        prompt_ids, prompt_mask, latent, completion, completion_mask, sample_logps, ~is_eos.any(1), out.thoughts, seeds
-    )
+    sample_logps = logps[:, :T].masked_fill(after_eos, 0.0)
+    return Generation(prompt_ids, prompt_mask, latent, completion, (~after_eos).long(), sample_logps, ~is_eos.any(1),
+                      out.thoughts, seeds)  # fmt: skip
+
+
+@dataclass
+class _LiveRows:
+    """The rows still in the decoding batch: their index in the full batch and what their next step reads."""
+
+    rows: torch.Tensor  # [b] row of the full batch
+    mask: torch.Tensor  # [b, L] attention mask so far
+    next_pos: torch.Tensor  # [b, 1] position of the next token
+    keys: torch.Tensor | None  # [b] sampling keys (None: greedy)
+    done: torch.Tensor = None  # [b] bool, the row has emitted eos
+
+    def __post_init__(self):
+        if self.done is None:
+            self.done = torch.zeros_like(self.rows, dtype=torch.bool)
+
+    def drop_finished(self, tok: torch.Tensor, cache: DynamicCache, exploration: Exploration) -> torch.Tensor:
+        """Finished rows leave the batch (its KV cache and the exploration's rows too); returns ``tok``'s live rows."""
+        keep = (~self.done).nonzero().flatten()  # [b']
+        self.rows, self.mask, self.next_pos, self.done = self.rows[keep], self.mask[keep], self.next_pos[keep], self.done[keep]
+        self.keys = None if self.keys is None else self.keys[keep]
+        cache.batch_select_indices(keep)
+        exploration.select_rows(keep)
+        return tok[keep]
 
 
 @torch.no_grad()

@@ -198,9 +198,9 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
 
 
 def step_inputs(cfg: GRPOConfig, pool, step: int, accelerator):
-    """Step 1: this process's prompts, one noise seed per rollout and its sampling generator, all
-    functions of (seed, step) only, so a resumed run draws the same; each process takes its own
-    slice of whole groups."""
+    """Step 1: this process's prompts, one noise seed per rollout and the sampling generator, all
+    functions of (seed, step) only, so a resumed run draws the same and a rollout is the same on any
+    number of processes; each process takes its own slice of whole groups."""
     world, rank = accelerator.num_processes, accelerator.process_index
     G, n_prompts = cfg.num_generations, cfg.generation_batch_size // cfg.num_generations
     rng = random.Random(cfg.seed * 1_000_003 + step)
@@ -208,7 +208,8 @@ def step_inputs(cfg: GRPOConfig, pool, step: int, accelerator):
     seeds = rollout_seeds(cfg.seed, step, n_prompts * G)
     local = n_prompts // world
     batch, seeds = batch[rank * local : (rank + 1) * local], seeds[rank * local * G : (rank + 1) * local * G]
-    generator = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step * world + rank)
+    # the same on every process: a row's token draws mix its own seed in (latentrl.models.sampling)
+    generator = torch.Generator(accelerator.device).manual_seed(cfg.seed * 1_000_003 + step)
     return batch, seeds, generator
 
 

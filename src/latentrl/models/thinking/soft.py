@@ -142,7 +142,8 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
     Each position t holds, per row, a soft thinking step (mixture input), the end-of-thinking token,
     an answer token, or padding after eos. Returns ``(tokens [B, T], sample_logps [B, T], trace)``.
     """
-    from latentrl.models.latent import CACHE_KWARG, position_ids_from_mask, sample_next
+    from latentrl.models.latent import CACHE_KWARG, position_ids_from_mask
+    from latentrl.models.sampling import sample_next, sampling_keys
 
     table = model.get_input_embeddings().weight  # [V, D]
     B, device = prompt_ids.shape[0], prompt_ids.device
@@ -152,12 +153,13 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
                 logits_to_keep=1, **{CACHE_KWARG: cache})  # fmt: skip
     logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1
     state = _LoopState.start(B, device, settings, max_new_tokens)
+    keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
     finite = FiniteWatch(device)
     for t in range(max_new_tokens):
         logits = finite(logits)
         idx, p, entropy = filter_top_k_top_p(logits, settings.top_k, settings.top_p, settings.temperature)
         g, tau = noise.soft_logits(p, seeds, t)  # [B, k]
-        answer = sample_next(logits, temperature, top_p, generator)  # [B]
+        answer = sample_next(logits, temperature, top_p, keys, t)  # [B]
         tok, soft_now = state.advance(t, idx, g, entropy, answer, logits, temperature, eos_token_id, pad_token_id)
         if bool(state.done.all()):
             break

@@ -29,7 +29,7 @@ class SoftThinking:
                              f"{type(exploration).__name__}")  # fmt: skip
         rows = [p for p in prompts for _ in range(num_generations)]
         prompt_ids, prompt_mask = (t.to(model.device) for t in left_pad(rows, pad_token_id))
-        seeds = torch.zeros(len(rows), dtype=torch.long) if seeds is None else seeds
+        seeds = torch.arange(len(rows)) if seeds is None else seeds
         tokens, logps, trace = soft_generate(model, prompt_ids, prompt_mask, settings=thinking.soft_settings(),
                                              noise=exploration, seeds=seeds, eos_token_id=eos_token_id,
                                              pad_token_id=pad_token_id, max_new_tokens=max_new_tokens,

@@ -1,0 +1,70 @@
+"""Token sampling with one counter-based random stream per row.
+
+Every draw of row ``b`` at decoding step ``t`` is a pure function of the row's key and ``t``::
+
+    key_b = splitmix64(seed_b ^ base)        seed_b: the row's rollout seed; base: one draw of the call's generator
+    u_bt  = two hashed 24-bit uniforms of (key_b, "sample", t), joined into one in [0, 1)   (48 bits, float64)
+    token = the first id whose cumulative probability exceeds u_bt * sum(p)               (inverse CDF)
+
+So a row's tokens do not depend on the other rows of the batch, on their order, on how often the
+host checks for finished rows, or on whether finished rows have left the batch (the engine drops
+them); the generator advances by exactly one draw per call. The bits come from the exploration
+noise's stream (``latentrl.exploration.stream``), so they are the same on every device; the float
+cumulative sum is not bit-identical across devices, so a draw within rounding of a boundary can
+pick the neighbouring id there.
+
+Shape legend: ``B`` rows, ``V`` vocabulary.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from latentrl.exploration.stream import SITE_IDS, hash_uniform, splitmix64
+
+
+def sampling_keys(seeds: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``[B]`` row keys from the rows' seeds and one draw of ``generator`` (the global generator when None)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    base = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.long)
+    return splitmix64(seeds.long().to(device) ^ base)
+
+
+def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:
+    """``probs [B, V]`` with the ids past the smallest prefix (most likely first) reaching ``top_p`` set to 0."""
+    if top_p >= 1.0:
+        return probs
+    sorted_p, order = probs.sort(dim=-1, descending=True)
+    outside = sorted_p.cumsum(-1) - sorted_p > top_p  # the first id is always kept
+    return torch.zeros_like(probs).scatter(-1, order, sorted_p.masked_fill(outside, 0.0))
+
+
+def row_uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """``[B]`` float64 uniforms in ``[0, 1)`` with 48 random bits, the rows' draws of decoding ``step``."""
+    u = hash_uniform(keys, SITE_IDS["sample"], 0, step, 2).double()  # [B, 2], multiples of 2**-24
+    return u[:, 0] + u[:, 1] * 2.0**-24
+
+
+def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """The id ``i`` with ``F(i-1) <= u * F(V-1) < F(i)``, ``F`` the cumulative sum: ``[B, V]``, ``[B]`` -> ``[B]``.
+    An id of probability 0 is never chosen (its ``F(i) = F(i-1)``)."""
+    cdf = probs.double().cumsum(-1)  # [B, V]
+    target = (u.to(cdf.device) * cdf[:, -1]).unsqueeze(-1)  # [B, 1], below the total since u < 1
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1).clamp(max=probs.shape[-1] - 1)  # first F(i) > target
+
+
+def sample_next(
+    logits: torch.Tensor,  # [B, V]
+    temperature: float,
+    top_p: float = 1.0,
+    keys: torch.Tensor | None = None,  # [B] from sampling_keys
+    step: int = 0,
+) -> torch.Tensor:  # [B]
+    """Greedy when ``temperature == 0``; else nucleus sampling from ``softmax(logits / temperature)`` with
+    row ``b``'s draw ``row_uniforms(keys, step)[b]``."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    if keys is None:
+        raise ValueError("sampling at temperature > 0 needs the rows' keys (sampling_keys(seeds, generator))")
+    probs = nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p)
+    return inverse_cdf(probs, row_uniforms(keys.to(logits.device), step))
