@@ -6,8 +6,8 @@ end) against the default ``compact_at=0.25``, same inputs, same draws.
 
 Rollouts end where the model emits EOS, as in training: the tiny GPT-2 (4 x 128) CoT-SFT'd by
 ``latentrl sft mode=cot`` on 2,000 arith problems (64 rollouts = 8 prompts x 8, at most 32 tokens, the
-settings of ``bench_trl_grpo.py``), and SmolLM2-135M-Instruct on the same arith prompts (16 rollouts = 4 x 4,
-at most 64 tokens). Sampling at T = 1 with the same generator seed on both sides, so the two produce the
+settings of ``bench_trl_grpo.py``), and SmolLM2-135M-Instruct asked "What is <problem>?" through its chat
+template (16 rollouts = 4 x 4, at most 96 tokens; without the template it rarely stops within 128). Sampling at T = 1 with the same generator seed on both sides, so the two produce the
 same tokens (the script checks it). Runs alternate (kept, compacted, ...) after one warm-up of each;
 the ratio is the median over rounds of compacted / kept seconds (< 1: compaction is faster). The
 result also records the completion lengths, which bound the saving: the row-steps a batch that keeps
@@ -41,9 +41,15 @@ def tiny_cot(folder: Path):
     return load_checkpoint(folder / "final")
 
 
-def case(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, rounds: int, desc: str) -> dict:
-    examples = load_examples("arith", "test", n_prompts, seed=0)
-    prompts = [encode_prompt(tok, e.question, thinking) for e in examples]
+def chat_prompts(tok, questions: list[str]) -> list[list[int]]:
+    """``What is <question>?`` as a user turn of the model's chat template, ready for the assistant's answer."""
+    return [list(tok.apply_chat_template([{"role": "user", "content": f"What is {q}?"}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=True)["input_ids"]) for q in questions]  # fmt: skip
+
+
+def case(name: str, model, tok, thinking, n_prompts: int, G: int, T: int, rounds: int, desc: str, chat: bool) -> dict:
+    questions = [e.question for e in load_examples("arith", "test", n_prompts, seed=0)]
+    prompts = chat_prompts(tok, questions) if chat else [encode_prompt(tok, q, thinking) for q in questions]
     decode = dict(latent_token_id=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
                   num_generations=G, max_new_tokens=T, temperature=1.0)  # fmt: skip
 
@@ -80,10 +86,10 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench_compaction_") as tmp, torch.no_grad():
         model, tok, thinking = tiny_cot(Path(tmp))
         result["cases"]["tiny"] = case("tiny", model.eval(), tok, thinking, 8, 8, 32, args.rounds,
-                                       "tiny gpt2 4x128, latentrl sft mode=cot, 2000 arith examples, 1 epoch")  # fmt: skip
+                                       "tiny gpt2 4x128, latentrl sft mode=cot, 2000 arith examples, 1 epoch", chat=False)  # fmt: skip
     if not args.skip_smollm2:
         model, tok, thinking, desc = load_model("smollm2", args.smollm2_dir)
-        result["cases"]["smollm2"] = case("smollm2", model, tok, thinking, 4, 4, 64, args.rounds, desc)
+        result["cases"]["smollm2"] = case("smollm2", model, tok, thinking, 4, 4, 96, args.rounds, desc, chat=True)
     return write_result(result, args.out)
 
 
