@@ -2,7 +2,7 @@
 same batch, and Coconut rollouts against discrete rollouts of the same total length.
 
     python benchmarks/bench_engine.py [--out benchmarks/results/engine.json] [--rounds 5]
-        [--smollm2-dir /tmp/latentrl_smollm2] [--skip-smollm2] [--threads N]
+        [--smollm2-dir /tmp/latentrl_smollm2] [--skip-smollm2] [--threads N] [--no-compile]
 
 Every rollout runs exactly ``--positions`` positions (an EOS id that never occurs; ``min_new_tokens`` on
 the HF side). Sampling at T = 1 with no top-k / top-p on both sides. Discrete: ``latentrl.models.generate``
@@ -10,7 +10,10 @@ against ``model.generate(do_sample=True, ...)`` on the same left-padded prompt i
 continuous thoughts then ``positions - K`` answer tokens against ``positions`` discrete tokens (the
 thoughts count as positions; the coconut prompt carries the latent markers). Runs alternate (latentrl,
 HF, coconut, latentrl, ...) after one warm-up of each; each ratio is the median over rounds of the
-ratio to the latentrl discrete run of the same round, so it survives a noisy machine. Models: the
+ratio to the latentrl discrete run of the same round, so it survives a noisy machine. Two more discrete
+variants of the engine: ``static`` (``cache_implementation="static"``: a preallocated KV cache) and
+``compiled`` (static cache + ``torch_compile``: inductor on the CPU; its first call, which compiles, is
+recorded apart; ``--no-compile`` skips it). Models: the
 demo-sized untrained GPT-2 (64 rollouts = 8 prompts x 8) and SmolLM2-135M (16 rollouts = 4 x 4).
 Soft thinking's cost per step is ``bench_soft.py``'s.
 """
@@ -46,7 +49,8 @@ def hf_generate(model, ids, mask, T: int, pad_id: int):
                           max_new_tokens=T, min_new_tokens=T, pad_token_id=pad_id, eos_token_id=None)  # fmt: skip
 
 
-def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: int, desc: str) -> dict:
+def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: int, desc: str,
+                compile_step: bool) -> dict:
     examples = load_examples("arith", "test", n_prompts, seed=0)
     discrete = ThinkingConfig.from_tokenizer(tok, "discrete") if "<|latent|>" in tok.get_vocab() else ThinkingConfig()
     coconut = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=K_THOUGHTS)
@@ -60,12 +64,16 @@ def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: i
         "hf_generate": lambda: hf_generate(model, ids, mask, T, tok.pad_token_id),
         "coconut": lambda: generate(model, c_prompts, latent_token_id=coconut.latent_token_id,
                                     max_new_tokens=T - K_THOUGHTS, **decode),
+        "static": lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T,
+                                   cache_implementation="static", **decode),
     }  # fmt: skip
+    if compile_step:
+        runs["compiled"] = lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T,
+                                            cache_implementation="static", torch_compile=True, **decode)  # fmt: skip
     out = generate(model, d_prompts, latent_token_id=None, max_new_tokens=T, **decode)
     assert out.completion_mask.sum(1).eq(T).all(), "every discrete rollout must run T positions"
     with torch.no_grad():
-        for fn in runs.values():  # warm-up
-            fn()
+        warmup = {k: timed(fn) for k, fn in runs.items()}  # the compiled step's includes its compilation
         times = {k: [] for k in runs}
         for _ in range(rounds):
             for k, fn in runs.items():
@@ -78,10 +86,16 @@ def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: i
         "tokens_per_s": {k: B * T / med(v) for k, v in times.items()},
         "hf_over_latentrl": ratio("hf_generate"),  # > 1: latentrl is faster
         "coconut_over_discrete": ratio("coconut"),
+        "static_over_dynamic": ratio("static"),
+        **({"compiled_over_dynamic": ratio("compiled"), "compile_seconds": warmup["compiled"]} if compile_step else {}),
+        "warmup_seconds": warmup,
     }  # fmt: skip
     print(f"{name}: latentrl {result['tokens_per_s']['latentrl']:.0f} tok/s, HF generate "
           f"{result['tokens_per_s']['hf_generate']:.0f} tok/s (HF/latentrl time {result['hf_over_latentrl']:.2f}); "
-          f"coconut/discrete time {result['coconut_over_discrete']:.2f}")  # fmt: skip
+          f"coconut/discrete time {result['coconut_over_discrete']:.2f}; static/dynamic cache "
+          f"{result['static_over_dynamic']:.2f}"
+          + (f"; static + torch.compile / dynamic {result['compiled_over_dynamic']:.2f} (first call "
+             f"{result['compile_seconds']:.0f} s)" if compile_step else ""))  # fmt: skip
     return result
 
 
@@ -89,6 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap = model_bench_args(__doc__.splitlines()[0], "benchmarks/results/engine.json")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--positions", type=int, default=32)
+    ap.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant (its first call compiles)")
     args = ap.parse_args(argv)
     result = start_result("engine", args.threads) | {"cases": {}}
     for name in ["tiny"] + ([] if args.skip_smollm2 else ["smollm2"]):
@@ -97,7 +112,8 @@ def main(argv: list[str] | None = None) -> dict:
             add_latent_tokens(model, tok)
             ban_layout_tokens(model, tok)
         n_prompts, G = (8, 8) if name == "tiny" else (4, 4)
-        result["cases"][name] = engine_case(name, model, tok, n_prompts, G, args.positions, args.rounds, desc)
+        result["cases"][name] = engine_case(name, model, tok, n_prompts, G, args.positions, args.rounds, desc,
+                                            compile_step=not args.no_compile)  # fmt: skip
     return write_result(result, args.out)
 
 

@@ -271,3 +271,39 @@ def test_sampled_token_logp_against_log_softmax():
     for temperature in (1.0, 0.7, 0.0):
         ref = torch.log_softmax(logits / (temperature or 1.0), -1).gather(-1, tok[:, None]).squeeze(-1)
         torch.testing.assert_close(selected_logps(logits, tok, temperature)[0], ref, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_static_kv_cache_generates_what_the_dynamic_one_does(family, temperature):
+    """``cache_implementation="static"`` (a preallocated cache and a full-width mask, for torch.compile /
+    CUDA graphs) against the dynamic cache, through Coconut thoughts and answer decoding."""
+    model, tok = tiny(family)
+    cfg = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=2)
+    prompts = [encode_prompt(tok, q, cfg, 2) for q in QUESTIONS]
+    decode = dict(latent_token_id=cfg.latent_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                  num_generations=2, max_new_tokens=12, temperature=temperature)  # fmt: skip
+    dynamic = generate(model, prompts, generator=torch.Generator().manual_seed(2), **decode)
+    static = generate(model, prompts, cache_implementation="static", generator=torch.Generator().manual_seed(2), **decode)
+    assert_same_generation(static, dynamic)
+    torch.testing.assert_close(static.thoughts, dynamic.thoughts)
+
+
+def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch):
+    """``torch_compile`` routes the decoding steps through ``torch.compile`` (here its ``eager`` backend: the
+    graph capture without a C++ build) and changes no token; the compiled step is built once per model."""
+    from latentrl.models import latent
+
+    calls = []
+    real = torch.compile
+    monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: calls.append(kw) or real(fn, backend="eager", **kw))
+    model, tok = tiny("gpt2")
+    cfg = ThinkingConfig.from_tokenizer(tok, "discrete")
+    prompts = [encode_prompt(tok, q, cfg) for q in QUESTIONS]
+    decode = dict(latent_token_id=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, num_generations=2,
+                  max_new_tokens=6, temperature=1.0, cache_implementation="static")  # fmt: skip
+    eager = generate(model, prompts, generator=torch.Generator().manual_seed(4), **decode)
+    for _ in range(2):
+        compiled = generate(model, prompts, torch_compile=True, generator=torch.Generator().manual_seed(4), **decode)
+        assert_same_generation(compiled, eager)
+    assert len(calls) == 1 and calls[0]["dynamic"] is False

@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM
 
 from latentrl.cli import main
 from latentrl.models.checkpoint import recover_swap
-from latentrl.train.run import read_log
+from latentrl.train.run import checkpoints, read_log
 
 TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=96", "per_device_train_batch_size=16",
         "disable_tqdm=true", "task_kwargs={num_steps: 2}", "logging_steps=1"]  # fmt: skip
@@ -130,6 +130,37 @@ def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
     assert a[0]["grad_norm"] != b[0]["grad_norm"]  # bf16 autocast changes the numbers
 
 
+def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monkeypatch):
+    """The engine keys (``compact_at``, ``cache_implementation``, ``torch_compile``; compile on its ``eager``
+    backend here) reach GRPO's rollouts and eval's samples through the CLI and change none of their numbers."""
+    import latentrl.models.latent as latent
+
+    real = torch.compile
+    monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
+    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
+                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sft = tmp_path / "sft"
+    assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
+    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
+              "per_device_train_batch_size=8", "max_completion_length=12", "task_kwargs={num_steps: 2}",
+              "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
+              "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    engines = {"kept": ["compact_at=0"], "compacted": ["compact_at=1e-9"], "static": ["cache_implementation=static"],
+               "compiled": ["cache_implementation=static", "torch_compile=true"]}  # fmt: skip
+    logs, evals = {}, {}
+    for name, keys in engines.items():
+        assert main(["grpo", f"output_dir={tmp_path / name}", *common, *keys]) == 0
+        logs[name] = [r[k] for r in read_log(tmp_path / name / "log.jsonl") for k in ("reward", "completions/mean_length", "loss")]
+        assert main(["eval", f"checkpoint={sft / 'final'}", "task=arith", "n=6", "samples=4", "task_kwargs={num_steps: 2}",
+                     f"out={tmp_path / ('eval_' + name)}", *keys]) == 0  # fmt: skip
+        evals[name] = json.loads((tmp_path / f"eval_{name}" / "metrics.json").read_text())
+    for name in engines:
+        assert logs[name] == pytest.approx(logs["kept"], rel=1e-4), name
+        assert {k: v for k, v in evals[name].items() if "accuracy" in k or "pass@" in k} == pytest.approx(
+            {k: v for k, v in evals["kept"].items() if "accuracy" in k or "pass@" in k}), name
+
+
 def test_tensorboard_through_accelerate_beside_the_jsonl_log(tmp_path):
     pytest.importorskip("tensorboard", reason="the tensorboard extra is not installed")
     out = tmp_path / "run"
@@ -195,3 +226,26 @@ def test_an_explicit_resume_after_load_best_model_at_end_continues_from_the_last
     assert main(["sft", f"output_dir={tmp_path / 'cut'}", *args, "num_train_epochs=3", "resume_from_checkpoint=true"]) == 0
     full, cut = read_log(tmp_path / "full" / "log.jsonl"), read_log(tmp_path / "cut" / "log.jsonl")
     assert [r.get("loss") for r in full] == [r.get("loss") for r in cut]
+
+
+def test_an_explicit_resume_from_an_older_checkpoint_moves_the_newer_ones_aside(tmp_path, capsys):
+    """Resuming from checkpoint-2 of a run that went on to step 6: the later checkpoints, final/ and the
+    later log records move to superseded-2/ (not deleted), so rotation keeps the new trajectory's and a
+    later automatic resume cannot pick an old-trajectory checkpoint; the run equals one cut at step 2."""
+    args = [*TINY, "mode=cot", "num_train_epochs=1", "save_steps=2", "save_total_limit=10"]
+    out = tmp_path / "run"
+    assert main(["sft", f"output_dir={out}", *args]) == 0
+    before = read_log(out / "log.jsonl")
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    capsys.readouterr()
+    assert main(["sft", f"output_dir={out}", *args, "learning_rate=0.002",
+                 f"resume_from_checkpoint={out / 'checkpoint-2'}"]) == 0  # fmt: skip
+    assert "moved to" in capsys.readouterr().err
+    moved = out / "superseded-2"
+    assert sorted(p.name for p in moved.iterdir()) == ["checkpoint-4", "checkpoint-6", "final", "log.jsonl"]
+    assert read_log(out / "log.jsonl")[:2] == before[:2]
+    assert read_log(moved / "log.jsonl") == before[2:]  # the old trajectory's records, kept
+    assert [p.name for p in checkpoints(out)] == ["checkpoint-2", "checkpoint-4", "checkpoint-6"]
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and "learning_rate: 0.002" in (out / "config-resume-2.yaml").read_text()
+    assert read_log(out / "log.jsonl")[-1]["loss"] != before[-1]["loss"]  # the new trajectory, a new learning rate

@@ -77,3 +77,33 @@ def test_data_seed_draws_the_problems_and_seed_the_order(tmp_path, monkeypatch):
     assert drawn == [("arith", "train", 64, 4), ("arith", "validation", 8, 4)]
     assert main(["sft", *TINY, f"output_dir={tmp_path / 'b'}", "mode=cot", "num_train_epochs=1", "seed=9"]) == 0
     assert drawn[2:] == [("arith", "train", 64, 9), ("arith", "validation", 8, 9)]
+
+
+def test_a_stage_switch_resets_the_optimizer_but_not_the_schedule(tmp_path):
+    """``reset_optimizer`` gives each Coconut stage fresh AdamW moments; the linear decay goes on over the
+    global step (a fresh scheduler would jump back to the initial rate)."""
+    from latentrl.train.run import read_log
+
+    out = tmp_path / "run"
+    assert main(["sft", *TINY, f"output_dir={out}", "mode=coconut", "start_stage=0", "max_latent_stage=2",
+                 "epochs_per_stage=1", "num_train_epochs=3", "lr_scheduler_type=linear", "learning_rate=1e-3",
+                 "reset_optimizer=true", "logging_steps=1", "save_steps=0"]) == 0  # fmt: skip
+    steps = [r for r in read_log(out / "log.jsonl") if "loss" in r]
+    assert len({r["stage"] for r in steps}) == 3 and len(steps) == 6  # 64 examples / 32: two steps per stage
+    total = len(steps)
+    for r in steps:  # transformers' linear schedule without warm-up: lr = lr0 * (1 - step / total)
+        assert r["learning_rate"] == pytest.approx(1e-3 * (1 - r["step"] / total), rel=1e-6), r["step"]
+
+
+def test_the_time_budget_counts_the_time_before_a_resume(tmp_path):
+    """``max_time_seconds`` is the run's training time, over every process that resumed it: a run resumed
+    with a budget it has already spent stops after one step."""
+    out = tmp_path / "run"
+    args = ["sft", *TINY, f"output_dir={out}", "mode=cot", "num_train_examples=192", "num_train_epochs=1",
+            "save_steps=1", "logging_steps=1"]  # fmt: skip
+    assert main([*args, "max_steps=3"]) == 0
+    spent = json.loads((out / "checkpoint-3" / "trainer_state.json").read_text())["train_seconds"]
+    assert spent > 0
+    assert main([*args, f"max_time_seconds={spent}", "resume_from_checkpoint=true"]) == 0
+    state = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4 and state["stopped"] == "budget"  # one step, then the budget is out

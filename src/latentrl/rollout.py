@@ -169,14 +169,15 @@ def score(
 def roll_out(
     model, tokenizer, thinking: ThinkingConfig, examples, *, num_generations: int, max_completion_length: int,
     temperature: float, top_p: float, exploration: Exploration, seeds: torch.Tensor, generator: torch.Generator,
+    engine: dict | None = None,
 ) -> tuple[Generation, list[str]]:  # fmt: skip
     """Generate ``num_generations`` rollouts of each example in the checkpoint's thinking mode;
-    returns the generation and decoded texts."""
+    returns the generation and decoded texts. ``engine``: ``EngineArgs.engine()``'s decoding settings."""
     prompts = [encode_prompt(tokenizer, ex.question, thinking) for ex in examples]
     gen = thinking_mode(thinking.thinking_mode).generate(
         model, prompts, thinking, exploration=exploration, eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id, num_generations=num_generations, max_new_tokens=max_completion_length,
-        temperature=temperature, top_p=top_p, seeds=seeds, generator=generator,
+        temperature=temperature, top_p=top_p, seeds=seeds, generator=generator, **(engine or {}),
     )  # fmt: skip
     return gen, gen.decode(tokenizer)
 

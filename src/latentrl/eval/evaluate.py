@@ -16,14 +16,14 @@ from pydantic import Field, model_validator
 from tqdm.auto import tqdm
 
 from latentrl.exploration.args import ExplorationArgs
-from latentrl.models.thinking.args import ThinkingArgs
+from latentrl.models.thinking.args import EngineArgs, ThinkingArgs
 from latentrl.eval.metrics import mean_maj_at_k, mean_pass_at_k
 from latentrl.models import ThinkingConfig, encode_prompt
 from latentrl.models.layout import check_fits_context, model_context_length
 from latentrl.rewards import answers_match, extract_answer, normalize_answer
 
 
-class EvalConfig(ThinkingArgs, ExplorationArgs):
+class EvalConfig(ThinkingArgs, EngineArgs, ExplorationArgs):
     """Config of ``latentrl eval``."""
 
     @model_validator(mode="after")
@@ -103,7 +103,7 @@ def _generate_in_batches(model, tokenizer, thinking, prompts, cfg: EvalConfig, s
         seeds = torch.arange(i * samples, (i + len(chunk)) * samples) + 1  # sample j of problem p: seed p*M + j + 1
         gen = mode.generate(model, chunk, thinking, exploration=exploration, eos_token_id=tokenizer.eos_token_id,
                             pad_token_id=tokenizer.pad_token_id, num_generations=samples, max_new_tokens=cfg.max_new_tokens,
-                            temperature=temperature, top_p=cfg.top_p, seeds=seeds, generator=generator)  # fmt: skip
+                            temperature=temperature, top_p=cfg.top_p, seeds=seeds, generator=generator, **cfg.engine())  # fmt: skip
         steps = gen.thinking_steps()
         out.texts += gen.decode(tokenizer)
         out.completion_ids += gen.completion_lists()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 
 import torch
-from transformers import DynamicCache, PreTrainedModel
+from transformers import DynamicCache, PreTrainedModel, StaticCache
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.errors import FiniteWatch
@@ -91,6 +91,7 @@ def latent_forward(
     last_only: bool = False,
     prompt_len: int | None = None,
     logits_from: int = 0,
+    cache=None,
 ) -> LatentOutput:
     """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
     positions ``[logits_from, L)`` (``last_only``: the last position only).
@@ -99,13 +100,14 @@ def latent_forward(
     column, ``latent`` at each latent column, ``answer`` after the last. Without latent columns and
     with ``prompt_len`` (the completion follows the prompt), the prompt is the prefill and the rest
     the answer; the two run as two cached forwards only when a source is active, so that a plain
-    forward stays one call.
+    forward stays one call. ``cache``: the KV cache to fill (default a new ``DynamicCache``; generation
+    may pass a ``StaticCache``).
     """
     exploration = exploration or NoExploration()
     embed = model.get_input_embeddings()
     embeds = embed(input_ids)  # [B, L, D]
     positions = position_ids_from_mask(attention_mask)
-    cache = DynamicCache(config=model.config)
+    cache = DynamicCache(config=model.config) if cache is None else cache
     columns = latent_mask.any(0).nonzero().flatten()  # [K]
     L = input_ids.shape[1]
     logits = _Logits(L - 1 if last_only else logits_from)
@@ -197,6 +199,8 @@ def generate(
     generator: torch.Generator | None = None,
     sync_every: int | None = None,
     compact_at: float = 0.25,
+    cache_implementation: str = "dynamic",
+    torch_compile: bool = False,
 ) -> Generation:
     """Batched generation: latent phase on the KV cache, then cached answer decoding.
 
@@ -207,7 +211,14 @@ def generate(
     ``compact_at`` of the rows still in the batch have finished, they leave it: their KV cache, mask and
     noise rows are dropped (``compact_at=0``: never). Neither setting changes the result; the columns
     decoded after the last row finished are cut off.
+
+    ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of prompt + ``max_new_tokens`` positions
+    and a full-width attention mask, so every decoding step has the same shapes (no per-step concatenation;
+    rows then stay in the batch to the end). ``torch_compile``: the decoding step runs through
+    ``torch.compile`` (with the static cache, CUDA graphs on a GPU: ``mode="reduce-overhead"``).
     """
+    if cache_implementation not in ("dynamic", "static"):
+        raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
     exploration = exploration or NoExploration()
     rows = [p for p in prompts for _ in range(num_generations)]
     prompt_ids, prompt_mask = left_pad(rows, pad_token_id)
@@ -219,12 +230,19 @@ def generate(
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), device=device)
+    static = cache_implementation == "static"
+    P = prompt_ids.shape[1]
+    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens) if static else None
+    decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
-        out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True)
+        out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache)
         cache, logits = out.past_key_values, out.logits[:, -1]
-        live = _LiveRows(torch.arange(B, device=device), prompt_mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys)
+        mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, max_new_tokens)], 1) if static else prompt_mask
+        live = _LiveRows(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
+                         first_slot=P if static else None)  # fmt: skip
         finite = FiniteWatch(device)
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
+        compact_at = 0.0 if static else compact_at  # a static batch keeps its rows
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             logits = finite(logits)
@@ -238,19 +256,36 @@ def generate(
                     break
                 if compact_at > 0 and finished >= compact_at * len(live.rows):
                     tok = live.drop_finished(tok, cache, exploration)
-            live.mask = torch.cat([live.mask, torch.ones_like(live.mask[:, :1])], dim=1)
+            live.open_slot(t)
             kv = {CACHE_KWARG: cache}  # filled in place
-            step = model(input_ids=tok[:, None], attention_mask=live.mask, position_ids=live.next_pos, use_cache=True, **kv)
+            step = decode_step(input_ids=tok[:, None], attention_mask=live.mask, position_ids=live.next_pos, use_cache=True, **kv)
             logits, live.next_pos = step.logits[:, -1], live.next_pos + 1
     finite.check()
+    return Generation(prompt_ids, prompt_mask, latent, *_cut_at_eos(tokens, logps, eos_token_id, pad_token_id),
+                      out.thoughts, seeds)  # fmt: skip
+
+
+def _cut_at_eos(tokens: torch.Tensor, logps: torch.Tensor, eos_token_id: int, pad_token_id: int):
+    """Decoded ``tokens`` and ``logps [B, max_new]`` -> ``(completion [B, T], completion_mask, sample_logps,
+    truncated [B])``: padding after each row's eos, the columns no row needed cut off."""
     is_eos = tokens == eos_token_id
     after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
     T = int((~after_eos).any(0).sum())  # the columns some row still needed (a prefix)
-    completion, is_eos, after_eos = tokens[:, :T], is_eos[:, :T], after_eos[:, :T]
-    completion = completion.masked_fill(after_eos, pad_token_id)
-    sample_logps = logps[:, :T].masked_fill(after_eos, 0.0)
-    return Generation(prompt_ids, prompt_mask, latent, completion, (~after_eos).long(), sample_logps, ~is_eos.any(1),
-                      out.thoughts, seeds)  # fmt: skip
+    is_eos, after_eos = is_eos[:, :T], after_eos[:, :T]
+    completion = tokens[:, :T].masked_fill(after_eos, pad_token_id)
+    return completion, (~after_eos).long(), logps[:, :T].masked_fill(after_eos, 0.0), ~is_eos.any(1)
+
+
+def compiled_step(model: PreTrainedModel, static: bool):
+    """The model's forward through ``torch.compile``, built once per model and cache kind: with a static
+    cache the shapes never change, so on CUDA it records CUDA graphs (``reduce-overhead``); with the dynamic
+    cache the growing length is marked dynamic. Hooks installed on the model (dropout sites, the layout-token
+    ban) are traced with it."""
+    steps = model.__dict__.setdefault("_latentrl_compiled", {})
+    if static not in steps:
+        mode = "reduce-overhead" if static and model.device.type == "cuda" else None
+        steps[static] = torch.compile(model.forward, mode=mode, dynamic=not static)
+    return steps[static]
 
 
 @dataclass
@@ -261,11 +296,20 @@ class _LiveRows:
     mask: torch.Tensor  # [b, L] attention mask so far
     next_pos: torch.Tensor  # [b, 1] position of the next token
     keys: torch.Tensor | None  # [b] sampling keys (None: greedy)
+    first_slot: int | None = None  # static cache: the mask column of the first decoded token (None: dynamic)
     done: torch.Tensor = None  # [b] bool, the row has emitted eos
 
     def __post_init__(self):
         if self.done is None:
             self.done = torch.zeros_like(self.rows, dtype=torch.bool)
+
+    def open_slot(self, t: int) -> None:
+        """The mask column of decoded token ``t`` opens: in place on the full-width mask of a static cache (the
+        same tensor every step), else one more column."""
+        if self.first_slot is not None:
+            self.mask[:, self.first_slot + t] = 1
+        else:
+            self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
 
     def drop_finished(self, tok: torch.Tensor, cache: DynamicCache, exploration: Exploration) -> torch.Tensor:
         """Finished rows leave the batch (its KV cache and the exploration's rows too); returns ``tok``'s live rows."""

@@ -100,7 +100,8 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     with autocast(accelerator):
         gen, texts = roll_out(model, tokenizer, thinking, batch, num_generations=cfg.num_generations,
                               max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                              top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator)  # fmt: skip
+                              top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator,
+                              engine=cfg.engine())  # fmt: skip
     G = cfg.num_generations
     t = time.perf_counter()
     prompts = [ex.question for ex in batch for _ in range(G)]

@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from latentrl.config import with_defaults
 from latentrl.exploration.args import ExplorationArgs
-from latentrl.models.thinking.args import ThinkingArgs
+from latentrl.models.thinking.args import EngineArgs, ThinkingArgs
 from latentrl.train.args import DataArgs, OptimizerArgs, RunArgs
 
 def load_reward_func(spec: str):
@@ -38,7 +38,7 @@ def load_reward_func(spec: str):
     return func
 
 
-class GRPOConfig(ThinkingArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs):
+class GRPOConfig(ThinkingArgs, EngineArgs, ExplorationArgs, DataArgs, OptimizerArgs, RunArgs):
     """GRPO post-training of a thinking model; the exploration fields select Dropout-GRPO."""
 
     model_name_or_path: str = Field(min_length=1, description="SFT checkpoint (dir or hub id) to start from.")

@@ -239,6 +239,8 @@ def _resume_point(cfg, out: Path, info: dict, changed: dict) -> Resume:
         _start_fresh(cfg, out, info["command"], info["run_id"])
         return Resume()
     path, state = candidates[-1]
+    if isinstance(cfg.resume_from_checkpoint, str):
+        _supersede_newer(out, state)
     _truncate_log(out / LOG_FILE, state.get("log_lines", 0))
     if changed:
         name = f"config-resume-{state['global_step']}.yaml"
@@ -247,6 +249,41 @@ def _resume_point(cfg, out: Path, info: dict, changed: dict) -> Resume:
         atomic_write_text(out / RUN_FILE, json.dumps(info, indent=1) + "\n")
     return Resume(path, state, finished=path.name == "final" and state.get("finished", False) and not changed,
                   changed=changed)  # fmt: skip
+
+
+def _supersede_newer(out: Path, state: dict) -> None:
+    """An explicit resume from an older checkpoint: what the run wrote after it (newer checkpoints,
+    stage/best/final folders, the log's later records) is another trajectory. It moves, untouched, to
+    ``superseded-<step>[-n]/``, so that checkpoint rotation and a later automatic resume never pick it."""
+    step = state["global_step"]
+
+    def newer(p: Path) -> bool:
+        if not (p.is_dir() and _OURS.match(p.name)):
+            return False
+        try:
+            found = (load_trainer_state(p) or {}).get("global_step")
+        except CheckpointStateError:
+            found = None
+        if found is None:  # damaged or stateless: its step is in its name, when it has one
+            m = _CHECKPOINT.match(p.name)
+            found = int(m.group(1)) if m else -1
+        return found > step
+
+    later = [p for p in sorted(out.iterdir()) if newer(p)]
+    log = out / LOG_FILE
+    cut = [ln for ln in log.read_text().splitlines() if ln.strip()][state.get("log_lines", 0) :] if log.exists() else []
+    if not later and not cut:
+        return
+    dest, n = out / f"superseded-{step}", 1
+    while dest.exists():
+        dest, n = out / f"superseded-{step}-{n}", n + 1
+    dest.mkdir()
+    if cut:
+        atomic_write_text(dest / LOG_FILE, "".join(ln + "\n" for ln in cut))
+    for p in later:
+        p.rename(dest / p.name)
+    warn(f"resuming from step {step}: what the run wrote after it ({', '.join(p.name for p in later) or 'no folders'}"
+         f"{f', {len(cut)} log records' if cut else ''}) moved to {dest}")  # fmt: skip
 
 
 class _Lock:

@@ -76,6 +76,7 @@ class SFTProgress:
     finished: bool = False
     window: list = field(default_factory=list)  # micro-batch losses since the last log (a resume keeps them)
     holds_best: bool = False  # final/ holds the best epoch's weights, not this state's (not resumable)
+    train_seconds: float = 0.0  # training time up to this checkpoint, over every resumed process (max_time_seconds)
 
 
 class SFTLoop:
@@ -91,7 +92,8 @@ class SFTLoop:
         if run.resume.checkpoint is not None:
             run.restore(self.optimizer, self.scheduler)
         self.batches_in_epoch = 0  # optimizer steps of the current epoch
-        self.tokens_seen, self.t0 = 0, time.perf_counter()
+        self.tokens_seen, self.t0 = 0, time.perf_counter()  # this process's (tokens per second)
+        self.budget_t0 = self.t0 - self.progress.train_seconds  # the run's (max_time_seconds goes on over a resume)
 
     def new_optimizer(self):
         from transformers import get_scheduler
@@ -101,13 +103,22 @@ class SFTLoop:
         sched = get_scheduler(cfg.lr_scheduler_type, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=self.total_steps)
         return opt, sched
 
+    def reset_optimizer(self) -> None:
+        """A stage switch with ``reset_optimizer``: fresh AdamW moments (Coconut's choice); the learning-rate
+        schedule goes on from the global step (a new scheduler would warm up and decay again)."""
+        schedule = self.scheduler.state_dict()
+        self.optimizer, self.scheduler = self.new_optimizer()
+        self.scheduler.load_state_dict(schedule)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+
     # 2. the stage of an epoch; early stopping and the step / time budget
     def start_epoch(self, epoch: int) -> None:
         cfg, p = self.cfg, self.progress
         stage = cfg.stage_of(epoch)
         resuming_inside = epoch == p.epoch and p.batch_in_epoch > 0
         if not resuming_inside and epoch > 0 and stage != cfg.stage_of(epoch - 1) and cfg.reset_optimizer:
-            self.optimizer, self.scheduler = self.new_optimizer()
+            self.reset_optimizer()
         if not resuming_inside:
             p.batch_in_epoch = 0
         p.epoch, p.stage = epoch, stage
@@ -118,7 +129,7 @@ class SFTLoop:
 
     def out_of_budget(self) -> bool:
         cfg = self.cfg
-        over_time = cfg.max_time_seconds is not None and time.perf_counter() - self.t0 >= cfg.max_time_seconds
+        over_time = cfg.max_time_seconds is not None and time.perf_counter() - self.budget_t0 >= cfg.max_time_seconds
         return 0 <= cfg.max_steps <= self.progress.global_step or over_time
 
     # 3. the epoch's micro-batches, shuffled by (seed, epoch) so that a resumed run sees the same order
@@ -189,6 +200,7 @@ class SFTLoop:
     def save(self, name: str) -> Path:
         cfg, p = self.cfg, self.progress
         self.thinking.num_latents = cfg.inference_latents(p.stage)
+        p.train_seconds = time.perf_counter() - self.budget_t0
         if cfg.mode == "coconut":
             self.thinking.curriculum_stage, self.thinking.max_latent_stage = p.stage, cfg.max_latent_stage
         return self.run.save(name, self.model, self.tokenizer, self.thinking, asdict(p), self.optimizer, self.scheduler)

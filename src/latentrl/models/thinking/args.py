@@ -62,3 +62,22 @@ class ThinkingArgs(Config):
         if soft.soft_top_k > vocab_size:
             raise ValueError(f"soft_top_k={soft.soft_top_k} is larger than the vocabulary ({vocab_size} tokens)")
         return soft
+
+
+class EngineArgs(Config):
+    """How the rollout engine decodes (``latentrl eval`` and ``grpo``); none of them changes the tokens."""
+
+    cache_implementation: Literal["dynamic", "static"] = Field(
+        "dynamic", description="KV cache of generation: dynamic (grows; finished rows leave the batch) or static "
+                               "(preallocated, fixed shapes: for torch_compile / CUDA graphs).",
+    )  # fmt: skip
+    torch_compile: bool = Field(False, description="Decode through torch.compile (with a static cache: CUDA graphs on a GPU).")
+    compact_at: float = Field(
+        0.25, ge=0, le=1, description="Finished rows leave the decoding batch once they are this fraction of it (0: never).",
+    )  # fmt: skip
+
+    def engine(self) -> dict:
+        """The keyword arguments of ``generate`` these keys set."""
+        return {"cache_implementation": self.cache_implementation, "torch_compile": self.torch_compile,
+                "compact_at": self.compact_at}  # fmt: skip
+

@@ -21,8 +21,13 @@ class SoftThinking:
     keeps_steps = True
 
     def generate(self, model, prompts, thinking, *, exploration, eos_token_id, pad_token_id, num_generations=1,
-                 max_new_tokens=64, temperature=0.0, top_p=1.0, seeds=None, generator=None):  # fmt: skip
+                 max_new_tokens=64, temperature=0.0, top_p=1.0, seeds=None, generator=None, cache_implementation="dynamic",
+                 torch_compile=False, compact_at=0.25):  # fmt: skip
         from latentrl.models.latent import Generation, left_pad
+
+        if cache_implementation != "dynamic" or torch_compile:
+            raise ValueError("soft thinking decodes with the dynamic cache, eagerly: cache_implementation=static and "
+                             "torch_compile apply to the discrete, no-CoT and Coconut modes")  # fmt: skip
 
         if not hasattr(exploration, "soft_logits"):
             raise ValueError(f"thinking_mode 'soft' takes exploration none, gumbel, soft_gaussian or dirichlet, not "
