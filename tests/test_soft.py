@@ -137,6 +137,36 @@ def test_the_cached_soft_loop_equals_a_full_recompute():
         torch.testing.assert_close(g[finite], recorded[finite], atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("noise", [NoExploration(), GumbelExploration(0.5)])
+def test_finished_soft_rows_leaving_the_batch_change_nothing(noise):
+    """The soft loop drops finished rows (KV cache, mask, seeds, sampling keys, live state) like discrete
+    decoding; every recorded field is the one of a batch that keeps its rows to the end."""
+    model, tok = tiny()
+    thinking, mode = soft_config(tok, max_thinking_steps=4), thinking_mode("soft")
+    common = dict(exploration=noise, pad_token_id=tok.pad_token_id, num_generations=3, max_new_tokens=16,
+                  temperature=1.0, seeds=torch.arange(12) + 3)  # fmt: skip
+    prompts = prompts_of(tok, 4)
+    free = mode.generate(model, prompts, thinking, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **common)
+    eos = int(free.completion_ids[:, 5:].flatten().mode().values)  # a frequent answer token ends rows early
+
+    def run(compact_at):
+        return mode.generate(model, prompts, thinking, eos_token_id=eos, compact_at=compact_at,
+                             generator=torch.Generator().manual_seed(1), **common)  # fmt: skip
+
+    kept = run(0.0)
+    lengths = kept.completion_mask.sum(1)
+    assert len(set(lengths.tolist())) > 2 and lengths.lt(16).any() and kept.soft.soft_mask.any()
+    for compact_at in (1e-9, 0.25):
+        got = run(compact_at)
+        for field in ("completion_ids", "completion_mask", "truncated"):
+            assert torch.equal(getattr(got, field), getattr(kept, field)), field
+        for field in ("soft_mask", "ids", "differs_from_top1", "forced"):
+            assert torch.equal(getattr(got.soft, field), getattr(kept.soft, field)), field
+        for a, b in ((got.sample_logps, kept.sample_logps), (got.soft.noisy_logits, kept.soft.noisy_logits),
+                     (got.soft.entropy, kept.soft.entropy)):  # fmt: skip
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
 def test_replayed_gumbel_noise_gives_ratio_one_and_the_on_policy_gradient_identity():
     model, tok = tiny()
     thinking = soft_config(tok)

@@ -136,11 +136,14 @@ class SoftTrace:
 
 @torch.no_grad()
 def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noise, seeds, eos_token_id: int,
-                  pad_token_id: int, max_new_tokens: int, temperature: float, top_p: float, generator=None):  # fmt: skip
+                  pad_token_id: int, max_new_tokens: int, temperature: float, top_p: float, generator=None,
+                  compact_at: float = 0.25):  # fmt: skip
     """Soft thinking then answer decoding, batched, on the KV cache.
 
     Each position t holds, per row, a soft thinking step (mixture input), the end-of-thinking token,
     an answer token, or padding after eos. Returns ``(tokens [B, T], sample_logps [B, T], trace)``.
+    Rows that finished leave the batch as in ``latentrl.models.latent.generate`` (``compact_at``); the
+    noise and the answer tokens' draws are functions of each row's seed, so the result is the same.
     """
     from latentrl.models.latent import CACHE_KWARG, position_ids_from_mask
     from latentrl.models.sampling import sample_next, sampling_keys
@@ -152,19 +155,25 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
     out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
                 logits_to_keep=1, **{CACHE_KWARG: cache})  # fmt: skip
     logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1
-    state = _LoopState.start(B, device, settings, max_new_tokens)
+    state = _LoopState.start(B, device, settings, max_new_tokens, pad_token_id)
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
     finite = FiniteWatch(device)
     for t in range(max_new_tokens):
         logits = finite(logits)
         idx, p, entropy = filter_top_k_top_p(logits, settings.top_k, settings.top_p, settings.temperature)
-        g, tau = noise.soft_logits(p, seeds, t)  # [B, k]
-        answer = sample_next(logits, temperature, top_p, keys, t)  # [B]
+        g, tau = noise.soft_logits(p, seeds, t)  # [b, k]
+        answer = sample_next(logits, temperature, top_p, keys, t)  # [b]
         tok, soft_now = state.advance(t, idx, g, entropy, answer, logits, temperature, eos_token_id, pad_token_id)
-        if bool(state.done.all()):
+        finished = int(state.done.sum())
+        if finished == len(state.rows):
             break
+        if compact_at > 0 and finished >= compact_at * len(state.rows):  # finished rows leave the batch
+            keep = state.keep_unfinished()
+            cache.batch_select_indices(keep)
+            mask, next_pos, tok, soft_now, idx, g = mask[keep], next_pos[keep], tok[keep], soft_now[keep], idx[keep], g[keep]
+            seeds, keys = seeds[keep.to(seeds.device)], None if keys is None else keys[keep]
         x = torch.where(soft_now[:, None], mixture_embedding(table, idx, torch.softmax(g / tau, -1).nan_to_num(0.0)),
-                        table[tok])  # [B, D]  fmt: skip
+                        table[tok])  # [b, D]  fmt: skip
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         out = model(inputs_embeds=x[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
                     **{CACHE_KWARG: cache})  # fmt: skip
@@ -175,28 +184,50 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
 
 @dataclass
 class _LoopState:
-    """Per-row phase of the soft loop and what it has recorded so far."""
+    """Per-row phase of the soft loop for the rows still in the batch, and what every row has recorded.
+    A row that finished records its defaults (padding, zeros, False), so leaving the batch changes nothing."""
 
-    thinking: torch.Tensor  # [B] bool
-    done: torch.Tensor  # [B] bool
-    low_entropy_run: torch.Tensor  # [B] consecutive steps under the Cold Stop threshold
-    steps: torch.Tensor  # [B] soft steps taken
+    thinking: torch.Tensor  # [b] bool
+    done: torch.Tensor  # [b] bool
+    low_entropy_run: torch.Tensor  # [b] consecutive steps under the Cold Stop threshold
+    steps: torch.Tensor  # [b] soft steps taken
+    rows: torch.Tensor  # [b] row of the full batch
     settings: SoftSettings
     cap: int
-    record: dict
+    pad_id: int
+    record: dict  # name -> [B, max_new_tokens, ...], allocated at the first step
+    length: int = 0  # positions recorded
 
     @classmethod
-    def start(cls, B: int, device, settings: SoftSettings, max_new_tokens: int) -> "_LoopState":
+    def start(cls, B: int, device, settings: SoftSettings, max_new_tokens: int, pad_id: int) -> "_LoopState":
         false = torch.zeros(B, dtype=torch.bool, device=device)
         cap = settings.max_thinking_steps if settings.max_thinking_steps is not None else max_new_tokens
-        keys = ("tokens", "logps", "soft", "ids", "noisy", "entropy", "differs", "forced")
-        return cls(~false, false.clone(), torch.zeros(B, dtype=torch.long, device=device),
-                   torch.zeros(B, dtype=torch.long, device=device), settings, cap, {k: [] for k in keys})  # fmt: skip
+        zeros = torch.zeros(B, dtype=torch.long, device=device)
+        return cls(~false, false.clone(), zeros, zeros.clone(), torch.arange(B, device=device), settings, cap, pad_id,
+                   {"max_new_tokens": max_new_tokens})  # fmt: skip
+
+    def keep_unfinished(self) -> torch.Tensor:
+        """Drop the finished rows from the live state; returns the indices kept (into the current rows)."""
+        keep = (~self.done).nonzero().flatten()
+        self.thinking, self.done, self.low_entropy_run = self.thinking[keep], self.done[keep], self.low_entropy_run[keep]
+        self.steps, self.rows = self.steps[keep], self.rows[keep]
+        return keep
+
+    def _write(self, t: int, **values) -> None:
+        r = self.record
+        if "tokens" not in r:  # full-batch tensors holding a finished row's defaults
+            B, N = len(self.rows), r.pop("max_new_tokens")
+            for name, v in values.items():
+                fill = self.pad_id if name == "tokens" else 0
+                r[name] = torch.full((B, N, *v.shape[1:]), fill, dtype=v.dtype, device=v.device)
+        for name, v in values.items():
+            r[name][self.rows, t] = v
+        self.length = t + 1
 
     def advance(self, t, idx, g, entropy, answer, logits, temperature, eos_id, pad_id):
-        """Choose each row's token at position t and update the phases; returns ``(tok [B], soft_now [B])``."""
+        """Choose each row's token at position t and update the phases; returns ``(tok [b], soft_now [b])``."""
         s = self.settings
-        step_tok = idx.gather(-1, g.argmax(-1, keepdim=True)).squeeze(-1)  # [B] Gumbel-max (or top-1) id
+        step_tok = idx.gather(-1, g.argmax(-1, keepdim=True)).squeeze(-1)  # [b] Gumbel-max (or top-1) id
         self.low_entropy_run = torch.where(entropy < s.cold_stop_entropy, self.low_entropy_run + 1, 0)
         forced = (self.steps >= self.cap) | ((s.cold_stop_entropy > 0) & (self.low_entropy_run >= s.cold_stop_window))
         ends = self.thinking & ((step_tok == s.end_of_thinking_id) | (step_tok == eos_id) | forced)
@@ -207,22 +238,19 @@ class _LoopState:
         from latentrl.models.thinking.logprobs import selected_logps
 
         logp = selected_logps(logits, tok, temperature)[0]
-        r = self.record
-        r["tokens"].append(tok)
-        r["logps"].append(torch.where(soft_now | self.done, torch.zeros_like(logp), logp))
-        r["soft"].append(soft_now)
-        r["ids"].append(torch.where(soft_now[:, None], idx, torch.zeros_like(idx)))
-        r["noisy"].append(torch.where(soft_now[:, None], g, torch.zeros_like(g)))
-        r["entropy"].append(torch.where(soft_now, entropy, torch.zeros_like(entropy)))
-        r["differs"].append(soft_now & (step_tok != idx[:, 0]))
-        r["forced"].append(ends & forced & (step_tok != s.end_of_thinking_id) & (step_tok != eos_id))
+        self._write(t, tokens=tok, logps=torch.where(soft_now | self.done, torch.zeros_like(logp), logp), soft=soft_now,
+                    ids=torch.where(soft_now[:, None], idx, torch.zeros_like(idx)),
+                    noisy=torch.where(soft_now[:, None], g, torch.zeros_like(g)),
+                    entropy=torch.where(soft_now, entropy, torch.zeros_like(entropy)),
+                    differs=soft_now & (step_tok != idx[:, 0]),
+                    forced=ends & forced & (step_tok != s.end_of_thinking_id) & (step_tok != eos_id))  # fmt: skip
         self.steps = self.steps + soft_now.long()
         self.done = self.done | (~self.thinking & (tok == eos_id)) | (ends & (step_tok == eos_id))
         self.thinking = soft_now
         return tok, soft_now
 
     def finish(self, tau: float, settings: SoftSettings, stochastic: bool):
-        r = {k: torch.stack(v, dim=1) for k, v in self.record.items()}  # [B, T, ...]
+        r = {k: v[:, : self.length] for k, v in self.record.items()}  # [B, T, ...]
         trace = SoftTrace(r["soft"], r["ids"], r["noisy"], tau, settings, r["entropy"], r["differs"], r["forced"], stochastic)
         return r["tokens"], r["logps"], trace
 

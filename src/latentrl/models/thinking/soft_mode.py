@@ -38,7 +38,8 @@ class SoftThinking:
         tokens, logps, trace = soft_generate(model, prompt_ids, prompt_mask, settings=thinking.soft_settings(),
                                              noise=exploration, seeds=seeds, eos_token_id=eos_token_id,
                                              pad_token_id=pad_token_id, max_new_tokens=max_new_tokens,
-                                             temperature=temperature, top_p=top_p, generator=generator)  # fmt: skip
+                                             temperature=temperature, top_p=top_p, generator=generator,
+                                             compact_at=compact_at)  # fmt: skip
         is_eos = (tokens == eos_token_id) & ~trace.soft_mask
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
         tokens = tokens.masked_fill(after_eos, pad_token_id)
