@@ -44,6 +44,9 @@ class LatentOutput:
     latent_columns: torch.Tensor | None  # [K] column index of each latent step
 
 
+STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
+
+
 def _step(model, embeds, attention_mask, position_ids, cache, keep: int | None):
     """One cached model call; ``keep``: the logits of only its last ``keep`` positions (None: all)."""
     return model(
@@ -212,9 +215,10 @@ def generate(
     noise rows are dropped (``compact_at=0``: never). Neither setting changes the result; the columns
     decoded after the last row finished are cut off.
 
-    ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of prompt + ``max_new_tokens`` positions
-    and a full-width attention mask, so every decoding step has the same shapes (no per-step concatenation;
-    rows then stay in the batch to the end). ``torch_compile``: the decoding step runs through
+    ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of prompt + ``max_new_tokens`` positions,
+    rounded up to a multiple of ``STATIC_BUCKET``, and a full-width attention mask, so every decoding step has
+    the same shapes, and so do most batches of the same size (no per-step concatenation; rows then stay in
+    the batch to the end). ``torch_compile``: the decoding step runs through
     ``torch.compile`` (with the static cache, CUDA graphs on a GPU: ``mode="reduce-overhead"``).
     """
     if cache_implementation not in ("dynamic", "static"):
@@ -232,12 +236,13 @@ def generate(
     logps = torch.zeros((B, max_new_tokens), device=device)
     static = cache_implementation == "static"
     P = prompt_ids.shape[1]
-    cache = StaticCache(config=model.config, max_cache_len=P + max_new_tokens) if static else None
+    width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET  # rounded up: batches of other prompt lengths share shapes
+    cache = StaticCache(config=model.config, max_cache_len=width) if static else None
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache)
         cache, logits = out.past_key_values, out.logits[:, -1]
-        mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, max_new_tokens)], 1) if static else prompt_mask
+        mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
         live = _LiveRows(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
                          first_slot=P if static else None)  # fmt: skip
         finite = FiniteWatch(device)
