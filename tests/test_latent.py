@@ -307,3 +307,48 @@ def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch)
         compiled = generate(model, prompts, torch_compile=True, generator=torch.Generator().manual_seed(4), **decode)
         assert_same_generation(compiled, eager)
     assert len(calls) == 1 and calls[0]["dynamic"] is False
+
+
+def test_sampling_keys_do_not_collapse_when_the_generator_is_seeded_like_the_rollouts():
+    """GRPO seeds the sampling generator with the seed of ``rollout_seeds``: on the CPU its first draw is then
+    row 0's rollout seed, which must not cancel it (row 0 would draw the same uniforms on every step)."""
+    from latentrl.models.sampling import sampling_keys
+    from latentrl.train.grpo import rollout_seeds
+
+    keys = [sampling_keys(rollout_seeds(0, step, 8), torch.Generator().manual_seed(step))[0].item() for step in range(4)]
+    assert len(set(keys)) == 4
+
+
+def test_a_static_cache_is_reused_and_a_deep_copy_compiles_its_own_step(monkeypatch):
+    import copy
+
+    from latentrl.models import latent
+
+    model, _ = tiny("gpt2")
+    a, b = latent.static_cache(model, 4, 64), latent.static_cache(model, 4, 64)
+    assert a is b and latent.static_cache(model, 2, 64) is not a  # the same object for the same shape (CUDA graphs)
+    monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: fn)
+    twin = copy.deepcopy(model)
+    assert latent.compiled_step(model, True) is latent.compiled_step(model, True)
+    assert latent.compiled_step(twin, True).__self__ is twin  # bound to the copy's forward, not the original's
+
+
+def test_an_exploration_source_without_select_rows_keeps_its_rows():
+    """A user's source written to the older protocol (no ``select_rows``): decoding keeps every row."""
+    model, prompts, decode = _early_ending(1.0)
+
+    class Old:
+        def session(self, model, seeds):
+            from contextlib import nullcontext
+
+            return nullcontext()
+
+        def set_phase(self, phase, step=0):
+            pass
+
+        def thought(self, h, step):
+            return h * 0.5
+
+    out = generate(model, prompts, exploration=Old(), compact_at=1e-9, generator=torch.Generator().manual_seed(1), **decode)
+    lengths = out.completion_mask.sum(1)
+    assert len(lengths) == 12 and lengths.lt(lengths.max()).any()  # rows ended early, and none was dropped

@@ -249,3 +249,24 @@ def test_an_explicit_resume_from_an_older_checkpoint_moves_the_newer_ones_aside(
     state = json.loads((out / "final" / "trainer_state.json").read_text())
     assert state["global_step"] == 6 and "learning_rate: 0.002" in (out / "config-resume-2.yaml").read_text()
     assert read_log(out / "log.jsonl")[-1]["loss"] != before[-1]["loss"]  # the new trajectory, a new learning rate
+
+
+def test_a_best_epoch_moved_aside_by_an_explicit_resume_is_chosen_again(tmp_path, monkeypatch, capsys):
+    """Resuming from a checkpoint older than best/: best/ moves aside with the rest, the best epoch recorded
+    in the checkpoint is forgotten (its weights were overwritten by a later best) and load_best_model_at_end
+    picks from the new trajectory instead of failing or loading the old one's weights."""
+    import itertools
+
+    from latentrl.train import common
+
+    rising = itertools.count(1)
+    monkeypatch.setattr(common, "validation_accuracy", lambda *a, **k: next(rising) / 100)  # every epoch is best
+    out = tmp_path / "run"
+    args = [*TINY, "mode=cot", "save_steps=2", "save_total_limit=20", "eval_strategy=epoch", "eval_n=4",
+            "load_best_model_at_end=true", "num_train_epochs=3"]  # fmt: skip
+    assert main(["sft", f"output_dir={out}", *args]) == 0  # best/ at steps 6, 12, 18
+    capsys.readouterr()
+    assert main(["sft", f"output_dir={out}", *args, f"resume_from_checkpoint={out / 'checkpoint-8'}"]) == 0
+    assert "chosen again" in capsys.readouterr().err and (out / "superseded-8" / "best").is_dir()
+    final = json.loads((out / "final" / "trainer_state.json").read_text())
+    assert final["holds_best"] and final["best"]["epoch"] == 3 and (out / "best").is_dir()

@@ -12,6 +12,7 @@ at a latent column, a row without a latent there just feeds its token embedding.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, fields
 
 import torch
@@ -224,30 +225,24 @@ def generate(
     if cache_implementation not in ("dynamic", "static"):
         raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
     exploration = exploration or NoExploration()
-    rows = [p for p in prompts for _ in range(num_generations)]
-    prompt_ids, prompt_mask = left_pad(rows, pad_token_id)
-    B, device = len(rows), model.device
-    prompt_ids, prompt_mask = prompt_ids.to(device), prompt_mask.to(device)
+    device, static = model.device, cache_implementation == "static"
+    prompt_ids, prompt_mask = (t.to(device) for t in left_pad([p for p in prompts for _ in range(num_generations)], pad_token_id))
     latent = prompt_ids == latent_token_id if latent_token_id is not None else torch.zeros_like(prompt_ids, dtype=torch.bool)
     latent &= prompt_mask.bool()
+    B = prompt_ids.shape[0]
     seeds = torch.arange(B) if seeds is None else seeds
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), device=device)
-    static = cache_implementation == "static"
-    P = prompt_ids.shape[1]
-    width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET  # rounded up: batches of other prompt lengths share shapes
-    cache = StaticCache(config=model.config, max_cache_len=width) if static else None
+    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, static)
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache)
         cache, logits = out.past_key_values, out.logits[:, -1]
-        mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
-        live = _LiveRows(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
-                         first_slot=P if static else None)  # fmt: skip
         finite = FiniteWatch(device)
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
-        compact_at = 0.0 if static else compact_at  # a static batch keeps its rows
+        if static or not hasattr(exploration, "select_rows"):  # a static batch keeps its rows; so does a source
+            compact_at = 0.0  # that cannot drop them
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             logits = finite(logits)
@@ -281,16 +276,34 @@ def _cut_at_eos(tokens: torch.Tensor, logps: torch.Tensor, eos_token_id: int, pa
     return completion, (~after_eos).long(), logps[:, :T].masked_fill(after_eos, 0.0), ~is_eos.any(1)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+_STATIC_CACHES: "weakref.WeakKeyDictionary[torch.nn.Module, dict]" = weakref.WeakKeyDictionary()
+
+
 def compiled_step(model: PreTrainedModel, static: bool):
-    """The model's forward through ``torch.compile``, built once per model and cache kind: with a static
-    cache the shapes never change, so on CUDA it records CUDA graphs (``reduce-overhead``); with the dynamic
-    cache the growing length is marked dynamic. Hooks installed on the model (dropout sites, the layout-token
-    ban) are traced with it."""
-    steps = model.__dict__.setdefault("_latentrl_compiled", {})
-    if static not in steps:
+    """The model's forward through ``torch.compile``, built once per model, device and cache kind (kept beside
+    the model, not on it, so that a deep copy compiles its own): with a static cache the shapes never change,
+    so on CUDA it records CUDA graphs (``reduce-overhead``); with the dynamic cache the length is marked
+    dynamic. Hooks installed on the model (dropout sites, the layout-token ban) are traced with it."""
+    steps = _COMPILED.setdefault(model, {})
+    key = (static, model.device.type)
+    if key not in steps:
         mode = "reduce-overhead" if static and model.device.type == "cuda" else None
-        steps[static] = torch.compile(model.forward, mode=mode, dynamic=not static)
-    return steps[static]
+        steps[key] = torch.compile(model.forward, mode=mode, dynamic=not static)
+    return steps[key]
+
+
+def static_cache(model: PreTrainedModel, batch: int, width: int) -> StaticCache:
+    """A ``StaticCache`` of ``batch`` rows and ``width`` positions, the same object (reset) for every call of the
+    same shape, so that a compiled step's CUDA graphs see the same cache addresses and replay."""
+    caches = _STATIC_CACHES.setdefault(model, {})
+    autocast = torch.get_autocast_dtype(model.device.type) if torch.is_autocast_enabled(model.device.type) else None
+    key = (batch, width, model.device, model.dtype, autocast)  # the cache takes the dtype of its first keys
+    if key in caches:
+        caches[key].reset()
+    else:
+        caches[key] = StaticCache(config=model.config, max_cache_len=width)
+    return caches[key]
 
 
 @dataclass
@@ -307,6 +320,18 @@ class _LiveRows:
     def __post_init__(self):
         if self.done is None:
             self.done = torch.zeros_like(self.rows, dtype=torch.bool)
+
+    @classmethod
+    def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, static: bool):
+        """Every row, and the KV cache to prefill: a new dynamic one (None), or the model's static cache of a
+        width rounded up to ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a
+        full-width mask."""
+        (B, P), device = prompt_mask.shape, prompt_mask.device
+        width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
+        mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
+        live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
+                   first_slot=P if static else None)  # fmt: skip
+        return live, static_cache(model, B, width) if static else None
 
     def open_slot(self, t: int) -> None:
         """The mask column of decoded token ``t`` opens: in place on the full-width mask of a static cache (the

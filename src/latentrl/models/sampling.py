@@ -2,7 +2,7 @@
 
 Every draw of row ``b`` at decoding step ``t`` is a pure function of the row's key and ``t``::
 
-    key_b = splitmix64(seed_b ^ base)        seed_b: the row's rollout seed; base: one draw of the call's generator
+    key_b = splitmix64(seed_b ^ mix(base))   seed_b: the row's rollout seed; base: one draw of the call's generator
     u_bt  = two hashed 24-bit uniforms of (key_b, "sample", t), joined into one in [0, 1)   (48 bits, float64)
     token = the first id whose cumulative probability exceeds u_bt * sum(p)               (inverse CDF)
 
@@ -27,7 +27,9 @@ def sampling_keys(seeds: torch.Tensor, generator: torch.Generator | None = None)
     """``[B]`` row keys from the rows' seeds and one draw of ``generator`` (the global generator when None)."""
     device = generator.device if generator is not None else torch.device("cpu")
     base = torch.randint(0, 2**62, (1,), generator=generator, device=device, dtype=torch.long)
-    return splitmix64(seeds.long().to(device) ^ base)
+    # mixed first: a generator seeded as the rollout seeds were draws base == seeds[0], which would give row 0
+    # the key of 0 on every step
+    return splitmix64(seeds.long().to(device) ^ splitmix64(base ^ SITE_IDS["sample"]))
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -47,7 +47,8 @@ from latentrl.models.checkpoint import (
 RUN_FILE, LOCK_FILE, LOG_FILE = "run.json", ".lock", "log.jsonl"
 # keys that change how a run reports, never what it computes: a rerun may change them freely
 REPORTING_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to",
-                  "logging_steps", "save_steps", "save_total_limit")  # fmt: skip
+                  "logging_steps", "save_steps", "save_total_limit",
+                  "compact_at", "cache_implementation", "torch_compile")  # fmt: skip  (the engine's: same tokens)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -240,7 +241,7 @@ def _resume_point(cfg, out: Path, info: dict, changed: dict) -> Resume:
         return Resume()
     path, state = candidates[-1]
     if isinstance(cfg.resume_from_checkpoint, str):
-        _supersede_newer(out, state)
+        _supersede_newer(out, state, path)
     _truncate_log(out / LOG_FILE, state.get("log_lines", 0))
     if changed:
         name = f"config-resume-{state['global_step']}.yaml"
@@ -251,9 +252,10 @@ def _resume_point(cfg, out: Path, info: dict, changed: dict) -> Resume:
                   changed=changed)  # fmt: skip
 
 
-def _supersede_newer(out: Path, state: dict) -> None:
+def _supersede_newer(out: Path, state: dict, chosen: Path) -> None:
     """An explicit resume from an older checkpoint: what the run wrote after it (newer checkpoints,
-    stage/best/final folders, the log's later records) is another trajectory. It moves, untouched, to
+    stage/best/final folders, the log's later records) is another trajectory, and so is a ``final/`` of the same
+    step (a later automatic resume would take the run as complete). It moves, untouched, to
     ``superseded-<step>[-n]/``, so that checkpoint rotation and a later automatic resume never pick it."""
     step = state["global_step"]
 
@@ -269,7 +271,7 @@ def _supersede_newer(out: Path, state: dict) -> None:
             found = int(m.group(1)) if m else -1
         return found > step
 
-    later = [p for p in sorted(out.iterdir()) if newer(p)]
+    later = [p for p in sorted(out.iterdir()) if newer(p) or (p.name == "final" and p.is_dir() and p != chosen)]
     log = out / LOG_FILE
     cut = [ln for ln in log.read_text().splitlines() if ln.strip()][state.get("log_lines", 0) :] if log.exists() else []
     if not later and not cut:

@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from latentrl.models import collate, latent_forward, load_checkpoint
 from latentrl.models.layout import ThinkingConfig, check_fits_context, encode_example, model_context_length, stage_plan
 from latentrl.train import common
-from latentrl.train.run import Run, check_finite
+from latentrl.train.run import Run, check_finite, warn
 from latentrl.train.sft_config import SFT_FIXED_ON_RESUME, SFTConfig
 
 __all__ = ["SFTConfig", "encode_epoch", "sft_loss", "train_sft"]
@@ -88,6 +88,10 @@ class SFTLoop:
         self.total_steps = steps_per_epoch * cfg.num_train_epochs if cfg.max_steps < 0 else cfg.max_steps
         saved = {k: v for k, v in run.resume.state.items() if k in SFTProgress.__dataclass_fields__}
         self.progress = SFTProgress(**saved) if saved else SFTProgress(stage=cfg.stage_of(0))
+        if self.progress.best and not (run.out / "best").is_dir():  # moved aside by an explicit resume
+            warn(f"the best epoch recorded at step {self.progress.global_step} ({self.progress.best}) has no best/ "
+                 "folder any more (an explicit resume moved it aside): the best epoch is chosen again from here")
+            self.progress.best = {}
         self.optimizer, self.scheduler = self.new_optimizer()
         if run.resume.checkpoint is not None:
             run.restore(self.optimizer, self.scheduler)
