@@ -213,8 +213,9 @@ def generate(
     The host reads which rows have finished every ``sync_every`` tokens (default: every token on the CPU,
     where the read is free; every 8 on an accelerator, where each read stalls the queue). When at least
     ``compact_at`` of the rows still in the batch have finished, they leave it: their KV cache, mask and
-    noise rows are dropped (``compact_at=0``: never). Neither setting changes the result; the columns
-    decoded after the last row finished are cut off.
+    noise rows are dropped (``compact_at=0``: never). Neither setting changes the result (beyond the rounding
+    of a smaller batch's matmuls, which on a GPU's shape-dependent kernels can flip a draw that lies within
+    rounding of a boundary); the columns decoded after the last row finished are cut off.
 
     ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of prompt + ``max_new_tokens`` positions,
     rounded up to a multiple of ``STATIC_BUCKET``, and a full-width attention mask, so every decoding step has
