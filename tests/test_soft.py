@@ -262,6 +262,8 @@ def test_sofT_grpo_through_the_cli(cot_checkpoint, tmp_path):
     (["thinking_mode=soft", "exploration=gumbel", "gumbel_tau=0"], "gumbel_tau"),
     (["exploration=gumbel"], "exploration=gumbel"),
     (["thinking_mode=coconut"], "cannot run as thinking_mode='coconut'"),
+    (["thinking_mode=soft", "cache_implementation=static"], "decodes with the dynamic cache"),
+    (["thinking_mode=soft", "torch_compile=true"], "decodes with the dynamic cache"),
 ])  # fmt: skip
 def test_bad_soft_input_is_one_clear_error(cot_checkpoint, tmp_path, capsys, extra, message):
     out = tmp_path / "eval"

@@ -76,6 +76,13 @@ class EngineArgs(Config):
         0.25, ge=0, le=1, description="Finished rows leave the decoding batch once they are this fraction of it (0: never).",
     )  # fmt: skip
 
+    @model_validator(mode="after")
+    def _soft_decodes_eagerly(self):
+        if getattr(self, "thinking_mode", None) == "soft" and (self.cache_implementation != "dynamic" or self.torch_compile):
+            raise ValueError("thinking_mode=soft decodes with the dynamic cache, eagerly: cache_implementation=static "
+                             "and torch_compile apply to the discrete, no-CoT and Coconut modes")  # fmt: skip
+        return self
+
     def engine(self) -> dict:
         """The keyword arguments of ``generate`` these keys set."""
         return {"cache_implementation": self.cache_implementation, "torch_compile": self.torch_compile,
