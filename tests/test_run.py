@@ -112,17 +112,23 @@ def test_grpo_logs_no_timing_of_work_it_did_not_do(tmp_path):
     assert read_log(tmp_path / "b" / "log.jsonl")[0]["time/old_ref_logprob"] > 0
 
 
-def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
-    """``mixed_precision`` reaches GRPO's rollouts and log-prob recomputation (accelerate's autocast)."""
+def grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length: int) -> tuple[Path, list[str]]:
+    """A tiny CoT checkpoint and the keys of a 2-step GRPO run from it, rewarded by a function of the text (an
+    untrained policy rarely gets answers right, so the groups vary): ``(sft folder, grpo keys)``."""
     (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
                                              "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
     monkeypatch.syspath_prepend(str(tmp_path))
     sft = tmp_path / "sft"
     assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
-    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
-              "per_device_train_batch_size=8", "max_completion_length=8", "task_kwargs={num_steps: 2}",
-              "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
-              "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    return sft, [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
+                 "per_device_train_batch_size=8", f"max_completion_length={max_completion_length}",
+                 "task_kwargs={num_steps: 2}", "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
+                 "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+
+
+def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
+    """``mixed_precision`` reaches GRPO's rollouts and log-prob recomputation (accelerate's autocast)."""
+    _, common = grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length=8)
     assert main(["grpo", f"output_dir={tmp_path / 'bf16'}", *common, "mixed_precision=bf16"]) == 0
     assert main(["grpo", f"output_dir={tmp_path / 'fp32'}", *common]) == 0
     a, b = read_log(tmp_path / "bf16" / "log.jsonl"), read_log(tmp_path / "fp32" / "log.jsonl")
@@ -137,15 +143,7 @@ def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monke
 
     real = torch.compile
     monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
-    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
-                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sft = tmp_path / "sft"
-    assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
-    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
-              "per_device_train_batch_size=8", "max_completion_length=12", "task_kwargs={num_steps: 2}",
-              "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
-              "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    sft, common = grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length=12)
     engines = {"kept": ["compact_at=0"], "compacted": ["compact_at=1e-9"], "static": ["cache_implementation=static"],
                "compiled": ["cache_implementation=static", "torch_compile=true"]}  # fmt: skip
     logs, evals = {}, {}

@@ -64,6 +64,10 @@ class ThinkingArgs(Config):
         return soft
 
 
+SOFT_DECODES_EAGERLY = ("decodes with the dynamic cache, eagerly: cache_implementation=static and torch_compile apply "
+                        "to the discrete, no-CoT and Coconut modes")  # fmt: skip
+
+
 class EngineArgs(Config):
     """How the rollout engine decodes (``latentrl eval`` and ``grpo``); none of them changes the tokens."""
 
@@ -79,8 +83,7 @@ class EngineArgs(Config):
     @model_validator(mode="after")
     def _soft_decodes_eagerly(self):
         if getattr(self, "thinking_mode", None) == "soft" and (self.cache_implementation != "dynamic" or self.torch_compile):
-            raise ValueError("thinking_mode=soft decodes with the dynamic cache, eagerly: cache_implementation=static "
-                             "and torch_compile apply to the discrete, no-CoT and Coconut modes")  # fmt: skip
+            raise ValueError(f"thinking_mode=soft {SOFT_DECODES_EAGERLY}")
         return self
 
     def engine(self) -> dict:

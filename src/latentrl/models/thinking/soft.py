@@ -195,6 +195,7 @@ class _LoopState:
     settings: SoftSettings
     cap: int
     pad_id: int
+    max_new_tokens: int
     record: dict  # name -> [B, max_new_tokens, ...], allocated at the first step
     length: int = 0  # positions recorded
 
@@ -204,7 +205,7 @@ class _LoopState:
         cap = settings.max_thinking_steps if settings.max_thinking_steps is not None else max_new_tokens
         zeros = torch.zeros(B, dtype=torch.long, device=device)
         return cls(~false, false.clone(), zeros, zeros.clone(), torch.arange(B, device=device), settings, cap, pad_id,
-                   {"max_new_tokens": max_new_tokens})  # fmt: skip
+                   max_new_tokens, {})  # fmt: skip
 
     def keep_unfinished(self) -> torch.Tensor:
         """Drop the finished rows from the live state; returns the indices kept (into the current rows)."""
@@ -215,11 +216,10 @@ class _LoopState:
 
     def _write(self, t: int, **values) -> None:
         r = self.record
-        if "tokens" not in r:  # full-batch tensors holding a finished row's defaults
-            B, N = len(self.rows), r.pop("max_new_tokens")
+        if not r:  # full-batch tensors holding a finished row's defaults (at t = 0 every row is live)
             for name, v in values.items():
                 fill = self.pad_id if name == "tokens" else 0
-                r[name] = torch.full((B, N, *v.shape[1:]), fill, dtype=v.dtype, device=v.device)
+                r[name] = torch.full((len(self.rows), self.max_new_tokens, *v.shape[1:]), fill, dtype=v.dtype, device=v.device)
         for name, v in values.items():
             r[name][self.rows, t] = v
         self.length = t + 1

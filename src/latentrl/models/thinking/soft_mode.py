@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from latentrl.models.readout import FULL_POLICY
+from latentrl.models.thinking.args import SOFT_DECODES_EAGERLY
 from latentrl.models.thinking.logprobs import LogProbs, read_out, token_logps
 from latentrl.models.thinking.soft import soft_completion_logits, soft_generate, soft_step_logps
 
@@ -26,8 +27,7 @@ class SoftThinking:
         from latentrl.models.latent import Generation, left_pad
 
         if cache_implementation != "dynamic" or torch_compile:
-            raise ValueError("soft thinking decodes with the dynamic cache, eagerly: cache_implementation=static and "
-                             "torch_compile apply to the discrete, no-CoT and Coconut modes")  # fmt: skip
+            raise ValueError(f"soft thinking {SOFT_DECODES_EAGERLY}")
 
         if not hasattr(exploration, "soft_logits"):
             raise ValueError(f"thinking_mode 'soft' takes exploration none, gumbel, soft_gaussian or dirichlet, not "
