@@ -170,6 +170,84 @@ def test_selective_token_logps_against_log_softmax():
     torch.testing.assert_close(chunked_entropy(x, lse, chunk_elements=22), chunked_entropy(x, lse))  # 2 rows a chunk
 
 
+def test_the_chunked_head_against_log_softmax_of_the_full_logits():
+    """``head_token_logps(h, W, ids)`` (logits a vocabulary chunk at a time, recomputed in the backward) against
+    ``log_softmax(h W^T / T)`` in float64: log-probs, entropies, and the gradients of h and W, with banned ids
+    (their logit a constant) and with 1 and with 4 chunks."""
+    from latentrl.models.thinking.logprobs import head_token_logps
+
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(3, 5, 8, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    W = torch.randn(1000, 8, generator=g, dtype=torch.float64).requires_grad_()
+    ids = torch.randint(0, 1000, (3, 5), generator=g)
+    ids[0, 0], banned = 7, (7, 400, 999)  # one target banned: its log-prob is that of the constant
+    weights = torch.randn(3, 5, generator=g, dtype=torch.float64)
+    for temperature, chunk_elements in ((1.0, 1 << 22), (0.6, 15 * 256), (0.0, 1)):
+        logits = (h @ W.T).index_fill(-1, torch.tensor(banned), -1e4) / (temperature or 1.0)
+        ref = torch.log_softmax(logits, -1)
+        ref_logps = ref.gather(-1, ids[..., None]).squeeze(-1)
+        ref_grads = torch.autograd.grad((ref_logps * weights).sum(), (h, W))
+        logps, entropy = head_token_logps(h, W, ids, temperature, banned, chunk_elements=chunk_elements)
+        torch.testing.assert_close(logps.double(), ref_logps, atol=1e-4, rtol=1e-6)
+        torch.testing.assert_close(entropy.double(), -(ref.exp() * ref).sum(-1), atol=1e-5, rtol=0)
+        assert not entropy.requires_grad
+        for ours, want in zip(torch.autograd.grad((logps * weights).sum(), (h, W)), ref_grads):
+            torch.testing.assert_close(ours.double(), want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", ["discrete", "coconut"])
+@pytest.mark.parametrize("layer", [None, 1])
+def test_recomputed_logps_through_the_chunked_head_equal_the_models_logits(family, mode, layer):
+    """The recomputation on a plain head (the forward stops at the hidden states, the head runs in chunks) gives
+    what it gives through the model's own logits (``plain_head`` off): log-probs, entropies and gradients, under
+    dropout on the MLP sites, for the full policy and for BuPO's layer-1 policy."""
+    from latentrl.exploration import make_exploration
+    from latentrl.models.readout import PolicyHead, plain_head
+    from latentrl.rollout import completion_logps
+
+    model, tok = tiny(family)
+    cfg = ThinkingConfig.from_tokenizer(tok, mode, num_latents=2)
+    prompts = [encode_prompt(tok, q, cfg) for q in QUESTIONS[:3]]
+    gen = generate(model, prompts, latent_token_id=cfg.latent_token_id, eos_token_id=tok.eos_token_id,
+                   pad_token_id=tok.pad_token_id, num_generations=2, max_new_tokens=8, temperature=1.0)  # fmt: skip
+    head = PolicyHead() if layer is None else PolicyHead(layer)
+    assert plain_head(model)
+    results = []
+    for chunked in (True, False):
+        model._latentrl_plain_head = chunked
+        model.zero_grad()
+        exploration = make_exploration("dropout", p=0.3, sites=("mlp", "thought"), cover_answer=True)
+        lp = completion_logps(model, gen, exploration, temperature=0.8, head=head)
+        (lp.logps * gen.completion_mask).sum().backward()
+        results.append((lp, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ours, grads), (ref, ref_grads) = results
+    torch.testing.assert_close(ours.logps, ref.logps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.entropy, ref.entropy, atol=1e-4, rtol=1e-4)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_head_that_is_not_plain_is_read_through_the_models_logits():
+    """A hook that rescales the LM head's output (as a logit soft-cap or scale would) makes ``plain_head``
+    False, and the recomputation then reads the model's logits: log-probs under the rescaled head."""
+    from latentrl.exploration import NoExploration
+    from latentrl.models.readout import plain_head
+    from latentrl.rollout import completion_logps
+
+    model, tok = tiny("gpt2")
+    gen = generate(model, [encode_prompt(tok, q, ThinkingConfig()) for q in QUESTIONS[:2]], latent_token_id=None,
+                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=6)  # fmt: skip
+    with torch.no_grad():
+        plain = completion_logps(model, gen, NoExploration()).logps
+        model.get_output_embeddings().register_forward_hook(lambda m, a, out: out * 2.0)
+        model._latentrl_plain_head = None  # forget the check made before the hook
+        assert not plain_head(model)
+        scaled = completion_logps(model, gen, NoExploration(), temperature=2.0).logps
+    torch.testing.assert_close(scaled, plain, atol=1e-5, rtol=1e-4)  # 2 logits at T = 2 = the plain ones at T = 1
+
+
 def _early_ending(temperature, **kw):
     """A tiny Coconut model's prompts and decoding settings under which rows end at different steps."""
     model, tok = tiny("gpt2")
@@ -352,3 +430,48 @@ def test_an_exploration_source_without_select_rows_keeps_its_rows():
     out = generate(model, prompts, exploration=Old(), compact_at=1e-9, generator=torch.Generator().manual_seed(1), **decode)
     lengths = out.completion_mask.sum(1)
     assert len(lengths) == 12 and lengths.lt(lengths.max()).any()  # rows ended early, and none was dropped
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("mode", ["discrete", "coconut"])
+@pytest.mark.parametrize("cover_prefill", [None, False, True])
+def test_a_prefill_shared_by_rows_equals_one_per_row(family, mode, cover_prefill):
+    """``share_prefill`` runs each distinct prompt of a grouped batch once (counted at the first block) and
+    gives the per-row forward's logits and parameter gradients within rounding; an exploration source that
+    perturbs the prefill (dropout with ``cover_prefill``) turns it off."""
+    from contextlib import nullcontext
+
+    from latentrl.exploration import make_exploration
+    from latentrl.exploration.dropout import decoder_blocks
+
+    model, tok = tiny(family)
+    cfg = ThinkingConfig.from_tokenizer(tok, mode, num_latents=2)
+    prompts = [encode_prompt(tok, q, cfg) for q in QUESTIONS[:3]]
+    gen = generate(model, prompts, latent_token_id=cfg.latent_token_id, eos_token_id=tok.eos_token_id,
+                   pad_token_id=tok.pad_token_id, num_generations=3, max_new_tokens=8, temperature=1.0)  # fmt: skip
+    ids = torch.cat([gen.prompt_ids, gen.completion_ids], 1)
+    mask = torch.cat([gen.prompt_mask, gen.completion_mask], 1)
+    latent = torch.cat([gen.latent_mask, torch.zeros_like(gen.completion_mask, dtype=torch.bool)], 1)
+    P = gen.prompt_ids.shape[1]
+    weights = torch.randn(ids.shape[0], ids.shape[1] - P + 1, model.config.vocab_size, generator=torch.Generator().manual_seed(0))
+    results = []
+    for share in (False, True):
+        exploration = None if cover_prefill is None else make_exploration("dropout", p=0.3, sites=("mlp",), cover_prefill=cover_prefill)
+        batches = []
+        hook = decoder_blocks(model)[0].register_forward_pre_hook(
+            lambda m, a, kw: batches.append((a[0] if a else kw["hidden_states"]).shape[0]), with_kwargs=True)
+        model.zero_grad()
+        with exploration.session(model, gen.seeds) if exploration else nullcontext():
+            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1,
+                                    share_prefill=share).logits  # fmt: skip
+        hook.remove()
+        (logits * weights).sum().backward()
+        shared = share and cover_prefill is not True
+        assert batches[0] == (3 if shared else 9), batches
+        assert all(b == 9 for b in batches[1:])
+        results.append((logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (ref, ref_grads), (ours, grads) = results
+    torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-4)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)

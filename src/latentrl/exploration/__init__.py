@@ -32,6 +32,11 @@ class Exploration(Protocol):
     def select_rows(self, rows: torch.Tensor) -> None:
         """The batch goes on with ``rows`` (indices into the current rows) only: finished rollouts left it."""
 
+    perturbs_prefill: bool
+    """Whether the source changes the prompt prefill (rows with the same prompt then differ there). When it
+    does not, the latent forward runs a prompt shared by several rows once. A source without the attribute
+    is taken to perturb it."""
+
 
 from latentrl.exploration.none import NoExploration  # noqa: E402
 from latentrl.exploration.dropout import DropoutExploration  # noqa: E402

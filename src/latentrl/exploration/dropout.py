@@ -133,6 +133,10 @@ class DropoutExploration:
     def module_sites(self) -> tuple[str, ...]:
         return tuple(s for s in self.sites if s != "thought")
 
+    @property
+    def perturbs_prefill(self) -> bool:
+        return self.cover_prefill and self.p > 0 and bool(self.module_sites)
+
     # -- protocol
 
     @contextmanager

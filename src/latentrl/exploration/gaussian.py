@@ -59,6 +59,8 @@ class GaussianExploration:
             raise ValueError(f"phase must be one of {PHASES}, got {phase!r}")
         self._phase = phase
 
+    perturbs_prefill = False  # the noise is added to the fed-back thoughts only
+
     def select_rows(self, rows: torch.Tensor) -> None:
         self._seeds = self._seeds[rows.to(self._seeds.device)]
 

@@ -39,10 +39,11 @@ def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class LatentOutput:
-    logits: torch.Tensor  # [B, L - logits_from, V], or [B, 1, V] with last_only
+    logits: torch.Tensor | None  # [B, L - logits_from, V], or [B, 1, V] with last_only; None with hidden_only
     past_key_values: DynamicCache
     thoughts: torch.Tensor | None  # [B, K, D] the states fed back at the latent columns (zeros where a row had none)
     latent_columns: torch.Tensor | None  # [K] column index of each latent step
+    hidden: torch.Tensor | None = None  # hidden_only: [B, L - logits_from, D] last-layer states in place of logits
 
 
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
@@ -64,26 +65,38 @@ def _step(model, embeds, attention_mask, position_ids, cache, keep: int | None):
 class _Logits:
     """Collects the logits of positions ``[start, L)`` from the segments of one latent forward, asking each
     call only for the positions it needs (the LM head never runs on the rest: ``[B, L, V]`` is the largest
-    tensor of a forward over a real vocabulary)."""
+    tensor of a forward over a real vocabulary). ``hidden_only``: the last-layer hidden states of those
+    positions instead, and the head runs on one position per call (HF's least)."""
 
-    def __init__(self, start: int):
-        self.start, self.parts = start, []
+    def __init__(self, start: int, hidden_only: bool = False):
+        self.start, self.hidden_only, self.parts = start, hidden_only, []
 
     def keep(self, lo: int, hi: int) -> int | None:
         """``logits_to_keep`` for a segment covering positions ``[lo, hi)``."""
         need = hi - max(lo, self.start)
-        return None if need >= hi - lo else max(need, 1)
+        return 1 if self.hidden_only else None if need >= hi - lo else max(need, 1)
 
-    def add(self, out, lo: int, hi: int):
-        if hi > self.start:  # its last hi - max(lo, start) positions
-            self.parts.append(out.logits[:, max(lo, self.start) - hi :])
-        return out
+    def wanted(self, out, lo: int, hi: int) -> torch.Tensor | None:
+        """A call's logits (or hidden states) of the positions in ``[lo, hi)`` asked for: its last ``hi - max(lo, start)``."""
+        if hi <= self.start:
+            return None
+        return (out.hidden_states[-1] if self.hidden_only else out.logits)[:, max(lo, self.start) - hi :]
+
+    def add(self, part: torch.Tensor | None) -> None:
+        if part is not None:
+            self.parts.append(part)
 
     def run(self, model, embeds, mask, positions, cache, lo: int, hi: int):
-        return self.add(_step(model, embeds, mask, positions, cache, self.keep(lo, hi)), lo, hi)
+        out = _step(model, embeds, mask, positions, cache, self.keep(lo, hi))
+        self.add(self.wanted(out, lo, hi))
+        return out
 
-    def logits(self) -> torch.Tensor:  # [B, L - start, V]
+    def collected(self) -> torch.Tensor:  # [B, L - start, V] (or D)
         return self.parts[0] if len(self.parts) == 1 else torch.cat(self.parts, dim=1)
+
+    def output(self, cache, thoughts=None, columns=None) -> LatentOutput:
+        part = self.collected()
+        return LatentOutput(None if self.hidden_only else part, cache, thoughts, columns, part if self.hidden_only else None)
 
 
 def latent_forward(
@@ -96,6 +109,8 @@ def latent_forward(
     prompt_len: int | None = None,
     logits_from: int = 0,
     cache=None,
+    share_prefill: bool = False,
+    hidden_only: bool = False,
 ) -> LatentOutput:
     """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
     positions ``[logits_from, L)`` (``last_only``: the last position only).
@@ -106,6 +121,13 @@ def latent_forward(
     the answer; the two run as two cached forwards only when a source is active, so that a plain
     forward stays one call. ``cache``: the KV cache to fill (default a new ``DynamicCache``; generation
     may pass a ``StaticCache``).
+
+    ``share_prefill``: rows whose prefill part is identical (a prompt and its G rollouts) run it once,
+    and their KV cache rows are copies (autograd sums their gradients): the same result within float
+    rounding, for a G-th of the prefill's cost. The caller promises that no hook reads per-row
+    activations of the prefill (BuPO's tap does); it is skipped when ``exploration`` perturbs the prefill
+    or the cache is not an empty ``DynamicCache``. ``hidden_only``: ``hidden`` holds the last-layer hidden
+    states of those positions and ``logits`` is None (for a caller that applies the head itself, in chunks).
     """
     exploration = exploration or NoExploration()
     embed = model.get_input_embeddings()
@@ -114,22 +136,25 @@ def latent_forward(
     cache = DynamicCache(config=model.config) if cache is None else cache
     columns = latent_mask.any(0).nonzero().flatten()  # [K]
     L = input_ids.shape[1]
-    logits = _Logits(L - 1 if last_only else logits_from)
+    logits = _Logits(L - 1 if last_only else logits_from, hidden_only)
     if len(columns) == 0:
-        split = prompt_len if prompt_len is not None and 0 < prompt_len < L and not isinstance(exploration, NoExploration) else L
+        split = prompt_len if prompt_len is not None and 0 < prompt_len < L else L
+        shared = _shared_rows(input_ids, attention_mask, split, exploration, cache) if share_prefill else None
+        if shared is None and isinstance(exploration, NoExploration):
+            split = L  # nothing differs between the phases: one call
         exploration.set_phase("prefill")
-        logits.run(model, embeds[:, :split], attention_mask[:, :split], positions[:, :split], cache, 0, split)
+        _prefill(model, logits, embeds, attention_mask, positions, cache, split, shared)
         if split < L:
             exploration.set_phase("answer")
             logits.run(model, embeds[:, split:], attention_mask, positions[:, split:], cache, split, L)
-        return LatentOutput(logits.logits(), cache, None, None)
+        return logits.output(cache)
     first, last = int(columns[0]), int(columns[-1])
     if first == 0:
         raise ValueError("a latent slot cannot be the first column: it needs a previous hidden state")
 
     exploration.set_phase("prefill")
-    out = logits.run(model, embeds[:, :first], attention_mask[:, :first], positions[:, :first], cache, 0, first)
-    h = out.hidden_states[-1][:, -1]  # [B, D]
+    shared = _shared_rows(input_ids, attention_mask, first, exploration, cache) if share_prefill else None
+    h = _prefill(model, logits, embeds, attention_mask, positions, cache, first, shared)  # [B, D]
     thoughts = []
     for step, col in enumerate(range(first, last + 1)):
         exploration.set_phase("latent", step)
@@ -142,7 +167,34 @@ def latent_forward(
     exploration.set_phase("answer")
     if last + 1 < L:
         logits.run(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last + 1, L)
-    return LatentOutput(logits.logits(), cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
+    return logits.output(cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
+
+
+def _shared_rows(ids: torch.Tensor, mask: torch.Tensor, hi: int, exploration, cache):
+    """Rows whose first ``hi`` ids and mask agree: ``(first [n], group [B])``, row ``first[j]`` standing
+    for group ``j`` and row ``b`` in group ``group[b]``; None when every row differs or sharing is unsafe."""
+    if getattr(exploration, "perturbs_prefill", True) or type(cache) is not DynamicCache or cache.get_seq_length() > 0:
+        return None
+    distinct, group = torch.unique(torch.cat([ids[:, :hi], mask[:, :hi].to(ids.dtype)], 1), dim=0, return_inverse=True)
+    B, n = ids.shape[0], distinct.shape[0]
+    if n == B:
+        return None
+    rows = torch.arange(B, device=ids.device)
+    first = torch.full((n,), B, device=ids.device).scatter_reduce(0, group, rows, "amin")
+    return first, group
+
+
+def _prefill(model, logits: _Logits, embeds, mask, positions, cache, hi: int, shared) -> torch.Tensor:
+    """Positions ``[0, hi)`` as one call (over one row per group when ``shared``, then copied to every row
+    of its group); returns the last hidden state ``[B, D]``."""
+    if shared is None:
+        return logits.run(model, embeds[:, :hi], mask[:, :hi], positions[:, :hi], cache, 0, hi).hidden_states[-1][:, -1]
+    first, group = shared
+    out = _step(model, embeds[first, :hi], mask[first, :hi], positions[first, :hi], cache, logits.keep(0, hi))
+    cache.batch_select_indices(group)  # [n, ...] -> [B, ...]
+    part = logits.wanted(out, 0, hi)
+    logits.add(None if part is None else part[group])
+    return out.hidden_states[-1][:, -1][group]
 
 
 @dataclass
@@ -238,7 +290,8 @@ def generate(
     live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, static)
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
-        out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache)
+        out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache,
+                             share_prefill=True)  # fmt: skip
         cache, logits = out.past_key_values, out.logits[:, -1]
         finite = FiniteWatch(device)
         sync_every = sync_every or (1 if device.type == "cpu" else 8)

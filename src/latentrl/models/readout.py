@@ -112,8 +112,33 @@ class ReadoutTap:
 def head_logits(model: torch.nn.Module, head: PolicyHead, hidden: torch.Tensor, num_layers: int) -> torch.Tensor:
     """The internal policy's logits ``[B, L, V]`` from the tapped ``hidden [B, L, D]``. The last layer's
     residual read-out is always normed (HF's ``hidden_states[L]``: the full policy)."""
+    return ban_never_sampled(model, layer_logits(head_input(model, head, hidden, num_layers), unembedding(model)))
+
+
+def head_input(model: torch.nn.Module, head: PolicyHead, hidden: torch.Tensor, num_layers: int) -> torch.Tensor:
+    """What ``unembedding(model)`` reads for the internal policy of ``head``: the tapped ``hidden [B, L, D]``,
+    through the final norm when the head asks for it (always for the last layer's residual stream)."""
     normed = head.final_norm or (head.module == "residual" and head.layer == num_layers)
-    return ban_never_sampled(model, layer_logits(hidden, unembedding(model), final_norm(model) if normed else None))
+    return final_norm(model)(hidden) if normed else hidden
+
+
+def plain_head(model: torch.nn.Module) -> bool:
+    """Whether ``model``'s logits are exactly ``hidden_states[-1] @ unembedding^T`` (layout tokens banned): an
+    LM head without bias and no processing after it (as in GPT-2, Llama, Qwen2; not, e.g., Gemma 2's
+    soft-capping). Checked once on one position and remembered on the model; it lets the log-prob
+    recomputation apply the head itself, in vocabulary chunks (``head_token_logps``)."""
+    known = getattr(model, "_latentrl_plain_head", None)
+    if known is not None:
+        return known
+    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
+    plain = isinstance(head, torch.nn.Linear) and head.bias is None and embed is not None
+    if plain:
+        with torch.no_grad(), torch.autocast(embed.weight.device.type, enabled=False):
+            out = model(inputs_embeds=embed.weight[:1][None], output_hidden_states=True)
+            ours = ban_never_sampled(model, out.hidden_states[-1][0, -1:] @ head.weight.t())
+            plain = bool(torch.allclose(out.logits[0, -1:].float(), ours.float(), atol=1e-4, rtol=1e-4))
+    model._latentrl_plain_head = plain
+    return plain
 
 
 def ban_never_sampled(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:
@@ -125,5 +150,5 @@ def ban_never_sampled(model: torch.nn.Module, logits: torch.Tensor) -> torch.Ten
     return logits.index_fill_(-1, torch.tensor(ids, device=logits.device), NEVER_SAMPLED_LOGIT) if ids else logits
 
 
-__all__ = ["FULL_POLICY", "PolicyHead", "ReadoutTap", "final_norm", "head_logits", "layer_logits", "token_entropy",
-           "unembedding"]  # fmt: skip
+__all__ = ["FULL_POLICY", "PolicyHead", "ReadoutTap", "final_norm", "head_input", "head_logits", "layer_logits",
+           "plain_head", "token_entropy", "unembedding"]  # fmt: skip

@@ -25,17 +25,25 @@ class LatentForwardThinking:
         return generate(model, prompts, latent_token_id=thinking.latent_token_id, exploration=exploration, **decode)
 
     def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
-        """``head``: the full policy, or an internal layer's (BuPO), read from the same forward."""
-        from latentrl.models.thinking.logprobs import LogProbs, token_logps
+        """``head``: the full policy, or an internal layer's (BuPO), read from the same forward. On a model whose
+        logits are a plain ``hidden @ W^T`` the forward stops at the hidden states and the head runs here in
+        vocabulary chunks (``head_token_logps``: no ``[B, T, V]`` tensor); otherwise the model's logits are read."""
+        from latentrl.models.build import never_sampled_ids
+        from latentrl.models.readout import plain_head, unembedding
+        from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out_hidden, token_logps
 
         ids = torch.cat([record.prompt_ids, record.completion_ids], dim=1)  # [B, P+T]
         mask = torch.cat([record.prompt_mask, record.completion_mask], dim=1)  # [B, P+T]
         latent = torch.cat([record.latent_mask, torch.zeros_like(record.completion_mask, dtype=torch.bool)], dim=1)
-        P = record.prompt_ids.shape[1]
-        with exploration.session(model, record.seeds), read_out(model, head) as policy:
-            logits = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1).logits
-        logits = policy(logits)[:, :-1]  # [B, T, V]: the positions that chose each completion token
-        logps, entropy = token_logps(logits, record.completion_ids, temperature)
+        P, chunked = record.prompt_ids.shape[1], plain_head(model)
+        with exploration.session(model, record.seeds), (read_out_hidden if chunked else read_out)(model, head) as policy:
+            out = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1,
+                                 share_prefill=head.full, hidden_only=chunked)  # BuPO's tap reads every row
+        if chunked:  # [B, T, D]: the positions that chose each completion token
+            logps, entropy = head_token_logps(policy(out.hidden)[:, :-1], unembedding(model), record.completion_ids,
+                                              temperature, never_sampled_ids(model))  # fmt: skip
+        else:
+            logps, entropy = token_logps(policy(out.logits)[:, :-1], record.completion_ids, temperature)  # [B, T, V] in
         return LogProbs(logps, entropy)
 
     def loss_mask(self, record, exploration) -> torch.Tensor:
