@@ -46,6 +46,7 @@ class LatentOutput:
     hidden: torch.Tensor | None = None  # hidden_only: [B, L - logits_from, D] last-layer states in place of logits
 
 
+SHARE_AT_LEAST = 0.1  # a shared prefill must save this fraction of the forward's positions
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
 
 
@@ -172,12 +173,13 @@ def latent_forward(
 
 def _shared_rows(ids: torch.Tensor, mask: torch.Tensor, hi: int, exploration, cache):
     """Rows whose first ``hi`` ids and mask agree: ``(first [n], group [B])``, row ``first[j]`` standing
-    for group ``j`` and row ``b`` in group ``group[b]``; None when every row differs or sharing is unsafe."""
+    for group ``j`` and row ``b`` in group ``group[b]``; None when sharing is unsafe or would save less than
+    ``SHARE_AT_LEAST`` of the positions of ``ids``."""
     if getattr(exploration, "perturbs_prefill", True) or type(cache) is not DynamicCache or cache.get_seq_length() > 0:
         return None
     distinct, group = torch.unique(torch.cat([ids[:, :hi], mask[:, :hi].to(ids.dtype)], 1), dim=0, return_inverse=True)
-    B, n = ids.shape[0], distinct.shape[0]
-    if n == B:
+    (B, L), n = ids.shape, distinct.shape[0]
+    if (B - n) * hi < SHARE_AT_LEAST * B * L:  # too little saved for a second call and the cache's copies
         return None
     rows = torch.arange(B, device=ids.device)
     first = torch.full((n,), B, device=ids.device).scatter_reduce(0, group, rows, "amin")
