@@ -229,8 +229,37 @@ def test_recomputed_logps_through_the_chunked_head_equal_the_models_logits(famil
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_chunked_head_on_tied_embeddings_and_in_bf16(dtype):
+    """A GPT-2 whose head is its input embedding (tied, as SmolLM2's), in float32 and in bfloat16: the chunked
+    head's log-probs (all <= 0), entropies and the tied weight's gradient against the model's own logits, within
+    the dtype's rounding."""
+    from latentrl.exploration import NoExploration
+    from latentrl.rollout import completion_logps
+
+    model, tok = build_tiny_model("gpt2", n_layer=2, n_embd=32, n_head=2, max_length=128, seed=1, thought_scale_init=False)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model = model.to(dtype).eval()
+    gen = generate(model, [encode_prompt(tok, q, ThinkingConfig()) for q in QUESTIONS], latent_token_id=None,
+                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, num_generations=2, max_new_tokens=8,
+                   temperature=1.0)  # fmt: skip
+    results = []
+    for chunked in (True, False):
+        model._latentrl_plain_head = chunked
+        model.zero_grad()
+        lp = completion_logps(model, gen, NoExploration(), temperature=1.0)
+        (lp.logps * gen.completion_mask).sum().backward()
+        results.append((lp, model.get_input_embeddings().weight.grad.float().clone()))
+    (ours, grad), (ref, ref_grad) = results
+    tol = dict(atol=1e-5, rtol=1e-4) if dtype == torch.float32 else dict(atol=0.1, rtol=0.05)
+    assert bool((ours.logps <= 0).all())
+    torch.testing.assert_close(ours.logps.float(), ref.logps.float(), **tol)
+    torch.testing.assert_close(ours.entropy.float(), ref.entropy.float(), **tol)
+    assert (grad - ref_grad).norm() <= (1e-5 if dtype == torch.float32 else 0.05) * ref_grad.norm()
+
+
 def test_a_head_that_is_not_plain_is_read_through_the_models_logits():
-    """A hook that rescales the LM head's output (as a logit soft-cap or scale would) makes ``plain_head``
+    """A config key that processes the logits, or a hook that rescales the LM head's output, makes ``plain_head``
     False, and the recomputation then reads the model's logits: log-probs under the rescaled head."""
     from latentrl.exploration import NoExploration
     from latentrl.models.readout import plain_head
@@ -241,9 +270,12 @@ def test_a_head_that_is_not_plain_is_read_through_the_models_logits():
                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, max_new_tokens=6)  # fmt: skip
     with torch.no_grad():
         plain = completion_logps(model, gen, NoExploration()).logps
-        model.get_output_embeddings().register_forward_hook(lambda m, a, out: out * 2.0)
-        model._latentrl_plain_head = None  # forget the check made before the hook
+        assert plain_head(model)
+        model.config.final_logit_softcapping = 30.0  # a config that processes the logits
         assert not plain_head(model)
+        del model.config.final_logit_softcapping
+        model.get_output_embeddings().register_forward_hook(lambda m, a, out: out * 2.0)
+        assert not plain_head(model)  # seen on the call after the hook, though the numeric check was remembered
         scaled = completion_logps(model, gen, NoExploration(), temperature=2.0).logps
     torch.testing.assert_close(scaled, plain, atol=1e-5, rtol=1e-4)  # 2 logits at T = 2 = the plain ones at T = 1
 

@@ -11,7 +11,7 @@ class NoExploration:
     """Nothing is perturbed; the base of sources that act at one point only (they inherit the no-ops)."""
 
     stochastic = False  # soft thinking steps under this source are no actions of the policy
-    perturbs_prefill = False  # nor does any source built on it (they act on thoughts or soft steps)
+    perturbs_prefill = False  # nor do the sources built on it (soft steps); a subclass with prefill hooks sets True
 
     def session(self, model: torch.nn.Module, seeds: torch.Tensor) -> AbstractContextManager:
         return nullcontext()

@@ -17,6 +17,7 @@ from dataclasses import dataclass, fields
 
 import torch
 from transformers import DynamicCache, PreTrainedModel, StaticCache
+from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.errors import FiniteWatch
@@ -46,6 +47,7 @@ class LatentOutput:
     hidden: torch.Tensor | None = None  # hidden_only: [B, L - logits_from, D] last-layer states in place of logits
 
 
+SHAREABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)  # cache layers whose rows batch_select_indices copies whole
 SHARE_AT_LEAST = 0.1  # a shared prefill must save this fraction of the forward's positions
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
 
@@ -177,6 +179,8 @@ def _shared_rows(ids: torch.Tensor, mask: torch.Tensor, hi: int, exploration, ca
     ``SHARE_AT_LEAST`` of the positions of ``ids``."""
     if getattr(exploration, "perturbs_prefill", True) or type(cache) is not DynamicCache or cache.get_seq_length() > 0:
         return None
+    if any(type(layer) not in SHAREABLE_LAYERS for layer in cache.layers):  # e.g. linear attention's states
+        return None
     distinct, group = torch.unique(torch.cat([ids[:, :hi], mask[:, :hi].to(ids.dtype)], 1), dim=0, return_inverse=True)
     (B, L), n = ids.shape, distinct.shape[0]
     if (B - n) * hi < SHARE_AT_LEAST * B * L:  # too little saved for a second call and the cache's copies
@@ -263,7 +267,8 @@ def generate(
     """Batched generation: latent phase on the KV cache, then cached answer decoding.
 
     Row ``b`` carries ``seeds[b]`` (default ``b``): its exploration noise and, with one draw of
-    ``generator``, its token draws (``latentrl.models.sampling``), so no row's tokens depend on the others.
+    ``generator``, its token draws (``latentrl.models.sampling``), so no row's tokens depend on the others
+    (beyond rounding: the rows of one prompt share its prefill, whose batch is then the distinct prompts).
     The host reads which rows have finished every ``sync_every`` tokens (default: every token on the CPU,
     where the read is free; every 8 on an accelerator, where each read stalls the queue). When at least
     ``compact_at`` of the rows still in the batch have finished, they leave it: their KV cache, mask and

@@ -124,21 +124,30 @@ def head_input(model: torch.nn.Module, head: PolicyHead, hidden: torch.Tensor, n
 
 def plain_head(model: torch.nn.Module) -> bool:
     """Whether ``model``'s logits are exactly ``hidden_states[-1] @ unembedding^T`` (layout tokens banned): an
-    LM head without bias and no processing after it (as in GPT-2, Llama, Qwen2; not, e.g., Gemma 2's
-    soft-capping). Checked once on one position and remembered on the model; it lets the log-prob
-    recomputation apply the head itself, in vocabulary chunks (``head_token_logps``)."""
+    LM head without bias, no hook of anyone else's on it, no logit processing in the config (Gemma 2's
+    soft-cap, Cohere's and Granite's scales), and a numeric check on a few positions, made once and remembered
+    on the model (the cheap structural checks are made on every call). True for GPT-2, Llama, Qwen2 and
+    SmolLM2; it lets the log-prob recomputation apply the head itself, in vocabulary chunks."""
+    from latentrl.models.build import never_sampled_ids
+
+    head, embed, config = model.get_output_embeddings(), model.get_input_embeddings(), getattr(model, "config", None)
+    processed = any(getattr(config, k, None) not in (None, 1, 1.0) for k in LOGIT_PROCESSING)
+    ours = 1 if never_sampled_ids(model) else 0  # ban_layout_tokens' hook
+    if (not isinstance(head, torch.nn.Linear) or head.bias is not None or embed is None or processed
+            or len(head._forward_hooks) != ours or head._forward_pre_hooks):  # fmt: skip
+        return False
     known = getattr(model, "_latentrl_plain_head", None)
-    if known is not None:
-        return known
-    head, embed = model.get_output_embeddings(), model.get_input_embeddings()
-    plain = isinstance(head, torch.nn.Linear) and head.bias is None and embed is not None
-    if plain:
+    if known is None:
         with torch.no_grad(), torch.autocast(embed.weight.device.type, enabled=False):
-            out = model(inputs_embeds=embed.weight[:1][None], output_hidden_states=True)
-            ours = ban_never_sampled(model, out.hidden_states[-1][0, -1:] @ head.weight.t())
-            plain = bool(torch.allclose(out.logits[0, -1:].float(), ours.float(), atol=1e-4, rtol=1e-4))
-    model._latentrl_plain_head = plain
-    return plain
+            rows = torch.linspace(0, embed.weight.shape[0] - 1, 4).long().to(embed.weight.device)
+            out = model(inputs_embeds=embed.weight[rows][None], output_hidden_states=True)
+            mine = ban_never_sampled(model, out.hidden_states[-1][0] @ head.weight.t())
+            known = bool(torch.allclose(out.logits[0].float(), mine.float(), atol=1e-4, rtol=1e-4))
+        model._latentrl_plain_head = known
+    return known
+
+
+LOGIT_PROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config keys that change logits
 
 
 def ban_never_sampled(model: torch.nn.Module, logits: torch.Tensor) -> torch.Tensor:

@@ -77,20 +77,23 @@ def read_out_hidden(model, head):
         yield lambda hidden: head_input(model, head, tap.hidden()[:, -hidden.shape[1] :], len(decoder_blocks(model)))
 
 
-
 class _HeadLogps(torch.autograd.Function):
     """``log softmax(h W^T / T)`` at ``ids`` and its entropy, never holding the ``[N, V]`` logits: they are
     made ``chunk`` vocabulary columns at a time (each a large matmul, ``[N, D] x [D, chunk]``), reduced to a
     logsumexp and an expectation per chunk, and made again in the backward instead of being kept (one more
     head matmul). Shapes: ``h [N, D]``, ``weight [V, D]`` (the LM head's), ``ids [N]`` -> ``logps [N]``,
-    ``entropy [N]``. ``banned``: ids whose logit is the constant ``banned_logit`` (the layout tokens)."""
+    ``entropy [N]``. ``banned``: ``{chunk start: column ids in the chunk}`` of the ids whose logit is the
+    constant ``banned_logit`` (the layout tokens). Sums and gradients accumulate in float32."""
 
     @staticmethod
-    def forward(ctx, h, weight, ids, temperature: float, banned: torch.Tensor, banned_logit: float, chunk: int):
+    def forward(ctx, h, weight, ids, temperature: float, banned: dict, banned_logit: float, chunk: int):
         hw = h.to(weight.dtype)
+        z_id = torch.zeros(ids.shape, dtype=torch.float32, device=h.device)  # the target's logit, from its chunk
         top_c, lse_c, mean_c = [], [], []  # per chunk c: max m_c, logsumexp, and E[z - m_c] under its softmax
         for lo in range(0, weight.shape[0], chunk):
-            z = _chunk_logits(hw, weight, lo, chunk, temperature, banned, banned_logit)  # [N, c] float32
+            z = _chunk_logits(hw, weight, lo, chunk, temperature, banned.get(lo), banned_logit)  # [N, c] float32
+            local, inside = _local_ids(ids, lo, z.shape[1])
+            z_id = torch.where(inside, z.gather(-1, local[:, None]).squeeze(-1), z_id)
             top = z.amax(-1, keepdim=True)
             z = z.sub_(top)  # <= 0: the products below lose no digits to a large common offset
             e = torch.exp(z)
@@ -102,40 +105,49 @@ class _HeadLogps(torch.autograd.Function):
         lse = torch.logsumexp(lse_c, -1)  # [N]
         # H = lse - E_p[z] = sum_c P(c) (lse - m_c - E_c[z - m_c])
         entropy = (torch.exp(lse_c - lse[:, None]) * (lse[:, None] - top_c - mean_c)).sum(-1)
-        logps = _id_logits(hw, weight, ids, temperature, banned, banned_logit) - lse
-        ctx.save_for_backward(h, weight, ids, lse, banned)
-        ctx.temperature, ctx.banned_logit, ctx.chunk = temperature, banned_logit, chunk
+        ctx.save_for_backward(h, weight, ids, lse)
+        ctx.temperature, ctx.banned, ctx.banned_logit, ctx.chunk = temperature, banned, banned_logit, chunk
         ctx.mark_non_differentiable(entropy)
-        return logps, entropy
+        return z_id - lse, entropy
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_entropy):
-        h, weight, ids, lse, banned = ctx.saved_tensors
+        h, weight, ids, lse = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[:2]
         hw, T = h.to(weight.dtype), ctx.temperature if ctx.temperature > 0 else 1.0
         g = grad_logps.float() / T  # [N]; d logp / d z = onehot(id) - softmax(z), and z = h W^T / T
-        g_id = g.masked_fill(torch.isin(ids, banned), 0.0)  # a banned id's logit is a constant
-        grad_h = (g_id[:, None] * weight[ids].float()).to(weight.dtype)  # [N, D] the onehot part
-        grad_w = torch.zeros_like(weight).index_add_(0, ids, (g_id[:, None] * hw.float()).to(weight.dtype))
-        for lo in range(0, weight.shape[0], ctx.chunk):
-            z = _chunk_logits(hw, weight, lo, ctx.chunk, ctx.temperature, banned, ctx.banned_logit)
-            dz = torch.exp_(z.sub_(lse[:, None])).mul_(-g[:, None]).to(weight.dtype)  # [N, c]; 0 at banned ids
-            grad_h.addmm_(dz, weight[lo : lo + ctx.chunk])
-            grad_w[lo : lo + ctx.chunk].addmm_(dz.t(), hw)
-        return grad_h.to(h.dtype), grad_w, None, None, None, None, None
+        grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
+        grad_w = torch.empty_like(weight) if need_w else None
+        h32 = hw.float() if need_w else None
+        rows = torch.arange(len(ids), device=ids.device)
+        with torch.autocast(h.device.type, enabled=False):
+            for lo in range(0, weight.shape[0], ctx.chunk):
+                banned = ctx.banned.get(lo)
+                z = _chunk_logits(hw, weight, lo, ctx.chunk, ctx.temperature, banned, ctx.banned_logit)
+                dz = torch.exp_(z.sub_(lse[:, None])).mul_(-g[:, None])  # [N, c]; 0 at banned ids
+                local, inside = _local_ids(ids, lo, dz.shape[1])
+                dz.index_put_((rows[inside], local[inside]), g[inside], accumulate=True)
+                if banned is not None:
+                    dz.index_fill_(-1, banned, 0.0)  # a banned id's logit is a constant, also as a target
+                if need_h:
+                    grad_h.addmm_(dz, weight[lo : lo + ctx.chunk].float())
+                if need_w:
+                    grad_w[lo : lo + ctx.chunk] = (dz.t() @ h32).to(weight.dtype)
+        return None if grad_h is None else grad_h.to(h.dtype), grad_w, None, None, None, None, None
+
+
+def _local_ids(ids: torch.Tensor, lo: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``ids`` as columns of the chunk starting at ``lo`` (clamped into it), and which of them fall inside."""
+    local = ids - lo
+    inside = (local >= 0) & (local < width)
+    return local.clamp(0, width - 1), inside
 
 
 def _chunk_logits(hw, weight, lo: int, chunk: int, temperature: float, banned, banned_logit: float) -> torch.Tensor:
-    """The logits of vocabulary columns ``[lo, lo + chunk)``: ``[N, c]`` float32, banned ids set, over T."""
+    """The logits of vocabulary columns ``[lo, lo + chunk)``: ``[N, c]`` float32, banned columns set, over T."""
     z = (hw @ weight[lo : lo + chunk].t()).float()
-    inside = banned[(banned >= lo) & (banned < lo + z.shape[1])] - lo
-    if len(inside):
-        z.index_fill_(-1, inside, banned_logit)
-    return z / temperature if temperature > 0 and temperature != 1.0 else z
-
-
-def _id_logits(hw, weight, ids, temperature: float, banned, banned_logit: float) -> torch.Tensor:
-    """``z[n, ids[n]]`` as a row-wise inner product: ``[N]`` float32."""
-    z = (hw * weight[ids]).sum(-1).float().masked_fill(torch.isin(ids, banned), banned_logit)
+    if banned is not None:
+        z.index_fill_(-1, banned, banned_logit)
     return z / temperature if temperature > 0 and temperature != 1.0 else z
 
 
@@ -147,9 +159,12 @@ def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tens
     chunk at a time (about ``chunk_elements`` floats, 16 MB), in the forward and again in the backward, so a
     real vocabulary's ``[B, T, V]`` tensor and its softmax are never allocated (nor paged in, on the CPU)."""
     B, T, D = hidden.shape
-    index = torch.tensor(banned, dtype=torch.long, device=hidden.device)
     chunk = max(256, chunk_elements // max(1, B * T))
-    with torch.autocast(hidden.device.type, enabled=False):  # the head in the weight's dtype, forward and backward
-        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(-1), temperature, index,
+    by_chunk = {}  # chunk start -> its banned columns (built on the host: no device read per chunk)
+    for i in sorted(set(banned)):
+        by_chunk.setdefault(i - i % chunk, []).append(i % chunk)
+    by_chunk = {lo: torch.tensor(cols, dtype=torch.long, device=hidden.device) for lo, cols in by_chunk.items()}
+    with torch.autocast(hidden.device.type, enabled=False):  # the head in the weight's dtype (so in the backward)
+        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(-1), temperature, by_chunk,
                                           banned_logit, chunk)  # fmt: skip
     return logps.view(B, T), entropy.view(B, T)

@@ -28,7 +28,7 @@ class LatentForwardThinking:
         """``head``: the full policy, or an internal layer's (BuPO), read from the same forward. On a model whose
         logits are a plain ``hidden @ W^T`` the forward stops at the hidden states and the head runs here in
         vocabulary chunks (``head_token_logps``: no ``[B, T, V]`` tensor); otherwise the model's logits are read."""
-        from latentrl.models.build import never_sampled_ids
+        from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
         from latentrl.models.readout import plain_head, unembedding
         from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out_hidden, token_logps
 
@@ -41,7 +41,7 @@ class LatentForwardThinking:
                                  share_prefill=head.full, hidden_only=chunked)  # BuPO's tap reads every row
         if chunked:  # [B, T, D]: the positions that chose each completion token
             logps, entropy = head_token_logps(policy(out.hidden)[:, :-1], unembedding(model), record.completion_ids,
-                                              temperature, never_sampled_ids(model))  # fmt: skip
+                                              temperature, never_sampled_ids(model), NEVER_SAMPLED_LOGIT)  # fmt: skip
         else:
             logps, entropy = token_logps(policy(out.logits)[:, :-1], record.completion_ids, temperature)  # [B, T, V] in
         return LogProbs(logps, entropy)
