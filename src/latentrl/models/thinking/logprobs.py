@@ -52,14 +52,13 @@ def read_out(model, head):
     """Around a forward: yields ``policy(logits) -> logits``, the model's own logits for the full policy,
     or the internal policy of ``head`` read from the tapped layer of the same forward (no second pass), at
     the same positions as ``logits`` (the last ones, when the forward kept only those)."""
-    from latentrl.exploration.dropout import decoder_blocks
-    from latentrl.models.readout import ReadoutTap, head_logits
+    from latentrl.models.readout import ban_never_sampled, layer_logits, unembedding
 
-    if head.full:
-        yield lambda logits: logits
-        return
-    with ReadoutTap(model, head) as tap:
-        yield lambda logits: head_logits(model, head, tap.hidden()[:, -logits.shape[1] :], len(decoder_blocks(model)))
+    with read_out_hidden(model, head) as reads:  # reads(x): the read-out at x's positions
+        if head.full:
+            yield lambda logits: logits
+        else:
+            yield lambda logits: ban_never_sampled(model, layer_logits(reads(logits), unembedding(model)))
 
 
 @contextmanager
