@@ -3,7 +3,7 @@ savings: the shared prefill (rows of the same prompt run it once) and the chunke
 stops at the hidden states; ``head_token_logps`` makes the logits a vocabulary chunk at a time).
 
     python benchmarks/bench_logprob.py [--prompts 4] [--generations 8] [--completion 64] [--rounds 2]
-        [--data ../shared/data/gsm8k/test.jsonl] [--smollm2-dir /tmp/latentrl_smollm2] [--threads N]
+        [--soft] [--data ../shared/data/gsm8k/test.jsonl] [--smollm2-dir /tmp/latentrl_smollm2] [--threads N]
         [--out benchmarks/results/logprob.json]
 
 Two prompt sets: the ``arith`` questions of the GRPO benchmarks (8 tokens, no template) and the first GSM8K
@@ -13,6 +13,9 @@ which tokens), all unmasked. Four variants, alternating within each round after 
 (neither saving: ``SHARE_AT_LEAST`` above 1 and ``plain_head`` off), ``shared``, ``chunked``, ``both`` (the
 default path). Times are ``completion_logps`` (forward) and ``backward`` of ``sum(logps)``; the script
 checks that each variant's log-probs are the baseline's within 1e-3 and reports the largest difference.
+``--soft``: SofT-GRPO's recomputation instead (default ``--out benchmarks/results/logprob_soft.json``): the
+first half of each completion is soft thinking steps, each recording ``SOFT_K`` distinct uniform ids and
+uniform perturbed logits in [-3, 0); the chunked head scores the answer token and the kept ids together.
 """
 
 from __future__ import annotations
@@ -32,21 +35,40 @@ from latentrl.exploration import NoExploration  # noqa: E402
 from latentrl.models import ThinkingConfig, encode_prompt, load_checkpoint  # noqa: E402
 from latentrl.models.build import never_sampled_ids  # noqa: E402
 from latentrl.models.latent import Generation, left_pad  # noqa: E402
+from latentrl.models.thinking.soft import SoftSettings, SoftTrace  # noqa: E402
 from latentrl.rollout import completion_logps  # noqa: E402
 from latentrl.tasks import load_examples  # noqa: E402
 
 VARIANTS = {"baseline": (False, False), "shared": (True, False), "chunked": (False, True), "both": (True, True)}
 
 
-def record(prompts: list[list[int]], G: int, T: int, vocab: int, banned, pad_id: int) -> Generation:
-    """A grouped rollout record: each prompt ``G`` times, ``T`` uniform completion tokens per row."""
+SOFT_K = 5
+
+
+def record(prompts: list[list[int]], G: int, T: int, vocab: int, banned, pad_id: int, soft: bool) -> Generation:
+    """A grouped rollout record: each prompt ``G`` times, ``T`` uniform completion tokens per row (``soft``: the
+    first ``T // 2`` of them soft thinking steps)."""
     ids, mask = left_pad([p for p in prompts for _ in range(G)], pad_id)
     g = torch.Generator().manual_seed(0)
     completion = torch.randint(0, vocab, (len(ids), T), generator=g)
     completion[torch.isin(completion, torch.tensor(banned, dtype=torch.long))] = 0
     ones = torch.ones_like(completion)
     return Generation(ids, mask, torch.zeros_like(ids, dtype=torch.bool), completion, ones, torch.zeros(ones.shape),
-                      torch.zeros(len(ids), dtype=torch.bool), None, torch.arange(len(ids)))  # fmt: skip
+                      torch.zeros(len(ids), dtype=torch.bool), None, torch.arange(len(ids)),
+                      soft=soft_trace(completion, vocab, banned, g) if soft else None)  # fmt: skip
+
+
+def soft_trace(completion: torch.Tensor, vocab: int, banned, g: torch.Generator) -> SoftTrace:
+    """Soft steps at the first half of the positions, each with ``SOFT_K`` distinct ids (none banned)."""
+    (B, T), k = completion.shape, SOFT_K
+    soft = torch.zeros((B, T), dtype=torch.bool)
+    soft[:, : T // 2] = True
+    allowed = torch.tensor(sorted(set(range(vocab)) - set(banned)), dtype=torch.long)
+    ids = torch.stack([allowed[torch.randperm(len(allowed), generator=g)[:k]] for _ in range(B * T)]).view(B, T, k)
+    noisy = -3 * torch.rand((B, T, k), generator=g)
+    false = torch.zeros_like(soft)
+    return SoftTrace(soft, ids * soft[..., None], noisy * soft[..., None], 1.0, SoftSettings(top_k=k), torch.zeros(B, T),
+                     false, false, stochastic=True)  # fmt: skip
 
 
 def timed_variant(model, gen: Generation, variant: str, share_default: float) -> tuple[float, float, torch.Tensor]:
@@ -68,8 +90,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--completion", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--soft", action="store_true", help="SofT-GRPO's recomputation (soft steps, then answer tokens)")
     args = ap.parse_args(argv)
-    result = start_result("logprob", args.threads)
+    if args.soft and args.out == ap.get_default("out"):
+        args.out = "benchmarks/results/logprob_soft.json"
+    result = start_result("logprob_soft" if args.soft else "logprob", args.threads)
     folder, _ = smollm2_folder(args.smollm2_dir)
     model, tok, thinking = load_checkpoint(folder)
     model.train()
@@ -82,7 +107,7 @@ def main(argv=None) -> dict:
                "model": f"SmolLM2-135M-Instruct ({folder})", "rollouts": args.prompts * args.generations,
                "completion_tokens": args.completion, "cases": {}}  # fmt: skip
     for name, prompts in sets.items():
-        gen = record(prompts, args.generations, args.completion, model.config.vocab_size, banned, tok.pad_token_id)
+        gen = record(prompts, args.generations, args.completion, model.config.vocab_size, banned, tok.pad_token_id, args.soft)
         timed_variant(model, gen, "both", share_default)  # warm-up
         times = {v: [] for v in VARIANTS}
         logps = {}

@@ -173,21 +173,26 @@ def test_selective_token_logps_against_log_softmax():
 def test_the_chunked_head_against_log_softmax_of_the_full_logits():
     """``head_token_logps(h, W, ids)`` (logits a vocabulary chunk at a time, recomputed in the backward) against
     ``log_softmax(h W^T / T)`` in float64: log-probs, entropies, and the gradients of h and W, with banned ids
-    (their logit a constant) and with 1 and with 4 chunks."""
+    (their logit a constant) and with 1 and with 4 chunks; one id per position, and several (a soft step's kept
+    ids with the answer token, which may repeat one of them)."""
     from latentrl.models.thinking.logprobs import head_token_logps
 
     g = torch.Generator().manual_seed(0)
     h = (torch.randn(3, 5, 8, generator=g, dtype=torch.float64) * 2).requires_grad_()
     W = torch.randn(1000, 8, generator=g, dtype=torch.float64).requires_grad_()
-    ids = torch.randint(0, 1000, (3, 5), generator=g)
-    ids[0, 0], banned = 7, (7, 400, 999)  # one target banned: its log-prob is that of the constant
-    weights = torch.randn(3, 5, generator=g, dtype=torch.float64)
-    for temperature, chunk_elements in ((1.0, 1 << 22), (0.6, 15 * 256), (0.0, 1)):
+    one = torch.randint(0, 1000, (3, 5), generator=g)
+    one[0, 0], banned = 7, (7, 400, 999)  # one target banned: its log-prob is that of the constant
+    several = torch.randint(0, 1000, (3, 5, 4), generator=g)
+    several[0, 0, 1], several[1, 2, 3], several[2, 4, :2] = 7, 256, 300  # banned, a chunk's first column, a repeat
+    for ids, temperature, chunk_elements in ((one, 1.0, 1 << 22), (one, 0.6, 15 * 256), (one, 0.0, 1),
+                                             (several, 1.0, 1 << 22), (several, 0.6, 15 * 256)):  # fmt: skip
+        weights = torch.randn(ids.shape, generator=g, dtype=torch.float64)
         logits = (h @ W.T).index_fill(-1, torch.tensor(banned), -1e4) / (temperature or 1.0)
         ref = torch.log_softmax(logits, -1)
-        ref_logps = ref.gather(-1, ids[..., None]).squeeze(-1)
+        ref_logps = ref.gather(-1, ids.view(3, 5, -1)).view(ids.shape)
         ref_grads = torch.autograd.grad((ref_logps * weights).sum(), (h, W))
         logps, entropy = head_token_logps(h, W, ids, temperature, banned, chunk_elements=chunk_elements)
+        assert logps.shape == ids.shape
         torch.testing.assert_close(logps.double(), ref_logps, atol=1e-4, rtol=1e-6)
         torch.testing.assert_close(entropy.double(), -(ref.exp() * ref).sum(-1), atol=1e-5, rtol=0)
         assert not entropy.requires_grad

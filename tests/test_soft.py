@@ -2,6 +2,7 @@
 against discrete decoding, the cached loop against a full recompute, replayed noise, the on-policy
 gradient identity, the phases passed by the loop, and bad input through the CLI."""
 
+import dataclasses
 import itertools
 import math
 
@@ -336,3 +337,94 @@ def test_gumbel_noise_on_the_sampled_runs_only(cot_checkpoint, tmp_path):
     assert noisy == plain  # the greedy run saw no noise
     assert always != plain  # the check can fail: with the noise on, greedy soft thinking does change
     assert noisy_m["mean_sampled_tokens"] != plain_m["mean_sampled_tokens"] or noisy_m != plain_m
+
+
+def _soft_rollouts(family, G=3, model_and_tokenizer=None, **keys):
+    model, tok = model_and_tokenizer or tiny(family)
+    thinking = soft_config(tok, **keys)
+    gen = decode(model, tok, thinking, prompts_of(tok), GumbelExploration(0.5), num_generations=G, temperature=1.0,
+                 seeds=torch.arange(3 * G) + 7, generator=torch.Generator().manual_seed(0))  # fmt: skip
+    assert gen.soft.soft_mask.any() and (~gen.soft.soft_mask & gen.completion_mask.bool()).any()
+    # without the clamp of z: where the recorded noise was clamped, z sits on the clamp's bound and whether its
+    # gradient passes is decided by rounding (a property of the formula, not of either computation)
+    gen.soft.settings = dataclasses.replace(gen.soft.settings, logprob_clamp=None)
+    return model, gen
+
+
+def _logps_and_grads(model, gen, **kw):
+    model.zero_grad()
+    lp = completion_logps(model, gen, GumbelExploration(0.5), **kw)
+    (lp.logps * gen.completion_mask).sum().backward()
+    return lp, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+@pytest.mark.parametrize("soft_temperature", [1.0, 0.7])
+def test_the_soft_recomputation_with_a_shared_prefill_and_the_chunked_head_equals_the_definition(family, soft_temperature):
+    """SofT-GRPO's recomputation (the rows of a prompt share its prefill; the head runs in vocabulary chunks over
+    the answer token and the kept ids of each position, in one pass or, when the soft temperature differs from the
+    sampling one, two) against the definition written out from the model's logits of a per-row forward:
+    ``log_softmax`` at the answer tokens and ``soft_token_logprob`` at the soft steps; values and gradients."""
+    from latentrl.models.thinking.soft import soft_completion_logits
+
+    model, gen = _soft_rollouts(family, soft_temperature=soft_temperature)
+    ours, grads = _logps_and_grads(model, gen, temperature=1.0)
+    model.zero_grad()
+    s, (B, T) = gen.soft, gen.completion_ids.shape
+    logits = soft_completion_logits(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, s)
+    answer = torch.log_softmax(logits, -1).gather(-1, gen.completion_ids[..., None]).squeeze(-1)
+    noisy = s.noisy_logits.masked_fill(~s.soft_mask[..., None], float("-inf")).reshape(B * T, -1)
+    steps = soft_token_logprob(logits.reshape(B * T, -1), s.ids.reshape(B * T, -1), noisy, soft_temperature, clamp=None)
+    steps = steps.view(B, T)
+    want = torch.where(s.soft_mask, steps, answer)
+    (want * gen.completion_mask).sum().backward()
+    torch.testing.assert_close(ours.logps, want.detach(), atol=1e-5, rtol=1e-4)
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("layer", [None, 1])
+def test_the_soft_recomputation_through_the_chunked_head_equals_the_models_logits(layer):
+    """On a plain head the soft recomputation stops at the hidden states: log-probs, entropies and gradients
+    equal those read from the model's own logits (``plain_head`` off), for the full policy and BuPO's layer 1."""
+    from latentrl.models.readout import PolicyHead, plain_head
+
+    model, gen = _soft_rollouts("gpt2")
+    assert plain_head(model)
+    results = []
+    for chunked in (True, False):
+        model._latentrl_plain_head = chunked
+        results.append(_logps_and_grads(model, gen, temperature=1.0, head=PolicyHead() if layer is None else PolicyHead(layer)))
+    (ours, grads), (ref, ref_grads) = results
+    torch.testing.assert_close(ours.logps, ref.logps, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(ours.entropy, ref.entropy, atol=1e-4, rtol=1e-4)
+    assert grads.keys() == ref_grads.keys()
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_soft_rollouts_run_each_prompts_prefill_once(monkeypatch):
+    """The soft loop's prefill and the recomputation's run over the distinct prompts (3 rows at the first block
+    where the batch has 9), and the rollouts are the ones of a per-row prefill."""
+    from latentrl.exploration.dropout import decoder_blocks
+    from latentrl.models import latent
+
+    model, tok = tiny()
+    batches = []
+    decoder_blocks(model)[0].register_forward_pre_hook(
+        lambda m, a, kw: batches.append((a[0] if a else kw["hidden_states"]).shape[:2]), with_kwargs=True)
+    _, shared = _soft_rollouts("gpt2", model_and_tokenizer=(model, tok))
+    prefill_rows = batches[0][0]
+    completion_logps(model, shared, GumbelExploration(0.5))
+    assert prefill_rows == 3 and batches[-2][0] == 3 and batches[-1][0] == 9, batches
+    monkeypatch.setattr(latent, "SHARE_AT_LEAST", 2.0)  # above 1: never shared
+    batches.clear()
+    _, per_row = _soft_rollouts("gpt2", model_and_tokenizer=(model, tok))
+    assert batches[0][0] == 9
+    for field in ("completion_ids", "completion_mask"):
+        assert torch.equal(getattr(shared, field), getattr(per_row, field)), field
+    for field in ("soft_mask", "ids"):
+        assert torch.equal(getattr(shared.soft, field), getattr(per_row.soft, field)), field
+    torch.testing.assert_close(shared.soft.noisy_logits, per_row.soft.noisy_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(shared.sample_logps, per_row.sample_logps, atol=1e-5, rtol=0)

@@ -114,6 +114,7 @@ def latent_forward(
     cache=None,
     share_prefill: bool = False,
     hidden_only: bool = False,
+    inputs_embeds: torch.Tensor | None = None,  # [B, L, D] in place of the ids' embeddings (soft thinking's)
 ) -> LatentOutput:
     """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
     positions ``[logits_from, L)`` (``last_only``: the last position only).
@@ -131,10 +132,11 @@ def latent_forward(
     activations of the prefill (BuPO's tap does); it is skipped when ``exploration`` perturbs the prefill
     or the cache is not an empty ``DynamicCache``. ``hidden_only``: ``hidden`` holds the last-layer hidden
     states of those positions and ``logits`` is None (for a caller that applies the head itself, in chunks).
+    ``inputs_embeds``: the inputs, where they are not the ids' embeddings (soft thinking's mixtures); the ids
+    still decide which rows share a prefill, so there they must be the ids' embeddings.
     """
     exploration = exploration or NoExploration()
-    embed = model.get_input_embeddings()
-    embeds = embed(input_ids)  # [B, L, D]
+    embeds = model.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
     positions = position_ids_from_mask(attention_mask)
     cache = DynamicCache(config=model.config) if cache is None else cache
     columns = latent_mask.any(0).nonzero().flatten()  # [K]

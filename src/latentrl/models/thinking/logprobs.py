@@ -80,8 +80,8 @@ class _HeadLogps(torch.autograd.Function):
     """``log softmax(h W^T / T)`` at ``ids`` and its entropy, never holding the ``[N, V]`` logits: they are
     made ``chunk`` vocabulary columns at a time (each a large matmul, ``[N, D] x [D, chunk]``), reduced to a
     logsumexp and an expectation per chunk, and made again in the backward instead of being kept (one more
-    head matmul). Shapes: ``h [N, D]``, ``weight [V, D]`` (the LM head's), ``ids [N]`` -> ``logps [N]``,
-    ``entropy [N]``. ``banned``: ``{chunk start: column ids in the chunk}`` of the ids whose logit is the
+    head matmul). Shapes: ``h [N, D]``, ``weight [V, D]`` (the LM head's), ``ids [N, m]`` (m targets per row:
+    a token, or a soft step's kept ids) -> ``logps [N, m]``, ``entropy [N]``. ``banned``: ``{chunk start: column ids in the chunk}`` of the ids whose logit is the
     constant ``banned_logit`` (the layout tokens). Sums and gradients accumulate in float32."""
 
     @staticmethod
@@ -92,7 +92,7 @@ class _HeadLogps(torch.autograd.Function):
         for lo in range(0, weight.shape[0], chunk):
             z = _chunk_logits(hw, weight, lo, chunk, temperature, banned.get(lo), banned_logit)  # [N, c] float32
             local, inside = _local_ids(ids, lo, z.shape[1])
-            z_id = torch.where(inside, z.gather(-1, local[:, None]).squeeze(-1), z_id)
+            z_id = torch.where(inside, z.gather(-1, local), z_id)
             top = z.amax(-1, keepdim=True)
             z = z.sub_(top)  # <= 0: the products below lose no digits to a large common offset
             e = torch.exp(z)
@@ -107,25 +107,25 @@ class _HeadLogps(torch.autograd.Function):
         ctx.save_for_backward(h, weight, ids, lse)
         ctx.temperature, ctx.banned, ctx.banned_logit, ctx.chunk = temperature, banned, banned_logit, chunk
         ctx.mark_non_differentiable(entropy)
-        return z_id - lse, entropy
+        return z_id - lse[:, None], entropy
 
     @staticmethod
     def backward(ctx, grad_logps, _grad_entropy):
         h, weight, ids, lse = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[:2]
         hw, T = h.to(weight.dtype), ctx.temperature if ctx.temperature > 0 else 1.0
-        g = grad_logps.float() / T  # [N]; d logp / d z = onehot(id) - softmax(z), and z = h W^T / T
+        g = grad_logps.float() / T  # [N, m]; d logp_j / d z = onehot(id_j) - softmax(z), and z = h W^T / T
+        g_sum = g.sum(-1, keepdim=True)  # [N, 1]
         grad_h = torch.zeros(h.shape, dtype=torch.float32, device=h.device) if need_h else None
         grad_w = torch.empty_like(weight) if need_w else None
         h32 = hw.float() if need_w else None
-        rows = torch.arange(len(ids), device=ids.device)
         with torch.autocast(h.device.type, enabled=False):
             for lo in range(0, weight.shape[0], ctx.chunk):
                 banned = ctx.banned.get(lo)
                 z = _chunk_logits(hw, weight, lo, ctx.chunk, ctx.temperature, banned, ctx.banned_logit)
-                dz = torch.exp_(z.sub_(lse[:, None])).mul_(-g[:, None])  # [N, c]; 0 at banned ids
+                dz = torch.exp_(z.sub_(lse[:, None])).mul_(-g_sum)  # [N, c]; 0 at banned ids
                 local, inside = _local_ids(ids, lo, dz.shape[1])
-                dz.index_put_((rows[inside], local[inside]), g[inside], accumulate=True)
+                dz.scatter_add_(-1, local, torch.where(inside, g, 0.0))  # + g_j at id_j (0 where not in the chunk)
                 if banned is not None:
                     dz.index_fill_(-1, banned, 0.0)  # a banned id's logit is a constant, also as a target
                 if need_h:
@@ -154,9 +154,10 @@ def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tens
                      banned: tuple[int, ...] = (), banned_logit: float = -1e4,
                      chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """:func:`token_logps` of the logits ``hidden @ weight^T`` without materialising them: ``hidden [B, T, D]``,
-    ``weight [V, D]``, ``ids [B, T]`` -> ``logps [B, T]``, ``entropy [B, T]``. The logits exist a vocabulary
-    chunk at a time (about ``chunk_elements`` floats, 16 MB), in the forward and again in the backward, so a
-    real vocabulary's ``[B, T, V]`` tensor and its softmax are never allocated (nor paged in, on the CPU)."""
+    ``weight [V, D]``, ``ids [B, T]`` (or ``[B, T, m]``: m ids per position) -> ``logps [B, T]`` (``[B, T, m]``),
+    ``entropy [B, T]``. The logits exist a vocabulary chunk at a time (about ``chunk_elements`` floats, 16 MB),
+    in the forward and again in the backward, so a real vocabulary's ``[B, T, V]`` tensor and its softmax are
+    never allocated (nor paged in, on the CPU)."""
     B, T, D = hidden.shape
     chunk = max(256, chunk_elements // max(1, B * T))
     by_chunk = {}  # chunk start -> its banned columns (built on the host: no device read per chunk)
@@ -164,6 +165,6 @@ def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tens
         by_chunk.setdefault(i - i % chunk, []).append(i % chunk)
     by_chunk = {lo: torch.tensor(cols, dtype=torch.long, device=hidden.device) for lo, cols in by_chunk.items()}
     with torch.autocast(hidden.device.type, enabled=False):  # the head in the weight's dtype (so in the backward)
-        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(-1), temperature, by_chunk,
-                                          banned_logit, chunk)  # fmt: skip
-    return logps.view(B, T), entropy.view(B, T)
+        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(B * T, -1), temperature,
+                                          by_chunk, banned_logit, chunk)  # fmt: skip
+    return logps.view(ids.shape), entropy.view(B, T)

@@ -64,7 +64,20 @@ def soft_token_logprob(
     clamp: tuple[float, float] | None = (-1.5, 3.0),
     min_logp: float | None = -3.0,
 ) -> torch.Tensor:  # [B]
-    """Log-density of a soft thinking step's recorded Gumbel noise under theta (SofT-GRPO)::
+    """Log-density of a soft thinking step's recorded Gumbel noise under theta (SofT-GRPO): :func:`soft_logprob`
+    of ``log softmax(logits / T)`` at the recorded ids."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, ids)  # [B, k]
+    return soft_logprob(logp, noisy_logits, reduce, clamp, min_logp)
+
+
+def soft_logprob(
+    logp: torch.Tensor,  # [..., k] log softmax(logits / T) at the recorded kept ids, under theta
+    noisy_logits: torch.Tensor,  # [..., k] the recorded g' (-inf: an id top-p dropped)
+    reduce: str = "mean",
+    clamp: tuple[float, float] | None = (-1.5, 3.0),
+    min_logp: float | None = -3.0,
+) -> torch.Tensor:  # [...]
+    """Log-density of a soft thinking step's recorded Gumbel noise, from the kept ids' log-probs::
 
         p^_i = softmax(logits / T) renormalised over the recorded ids
         z_i  = clamp(g'_i - log(p^_i + 1e-6), lo, hi)        (``clamp=None``: no clamp)
@@ -72,19 +85,17 @@ def soft_token_logprob(
         log pi(step) = mean (``reduce="sum"``: sum) of l_i over the ids with log p^_i > min_logp
                        (``min_logp=None``: every recorded id)
 
-    Gradients reach theta through p^. A step with no id left by the filter has log-prob 0. After
-    the ``[B, V]`` log-softmax the ``[B, k]`` arithmetic runs in float64 (exp(-z) is steep without
-    the clamp); the result is float32.
+    Gradients reach theta through p^. A step with no id left by the filter has log-prob 0. The ``[..., k]``
+    arithmetic runs in float64 (exp(-z) is steep without the clamp); the result is float32.
     """
-    kept = torch.isfinite(noisy_logits)  # [B, k]
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1).gather(-1, ids).double()  # [B, k]
-    log_p_hat = torch.log_softmax(logp.masked_fill(~kept, float("-inf")), dim=-1)  # [B, k]
-    z = noisy_logits.double() - torch.log(log_p_hat.exp() + EPS)  # [B, k]
+    kept = torch.isfinite(noisy_logits)  # [..., k]
+    log_p_hat = torch.log_softmax(logp.double().masked_fill(~kept, float("-inf")), dim=-1)  # [..., k]
+    z = noisy_logits.double() - torch.log(log_p_hat.exp() + EPS)  # [..., k]
     if clamp is not None:
         z = z.clamp(*clamp)
-    ell = -z - torch.exp(-z)  # [B, k]
-    use = kept if min_logp is None else kept & (log_p_hat > min_logp)  # [B, k]
-    total = torch.where(use, ell, torch.zeros_like(ell)).sum(-1)  # [B]
+    ell = -z - torch.exp(-z)  # [..., k]
+    use = kept if min_logp is None else kept & (log_p_hat > min_logp)  # [..., k]
+    total = torch.where(use, ell, torch.zeros_like(ell)).sum(-1)  # [...]
     if reduce not in ("mean", "sum"):
         raise ValueError(f"reduce must be 'mean' or 'sum', got {reduce!r}")
     return (total if reduce == "sum" else total / use.sum(-1).clamp(min=1)).float()
@@ -145,16 +156,16 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
     Rows that finished leave the batch as in ``latentrl.models.latent.generate`` (``compact_at``); the
     noise and the answer tokens' draws are functions of each row's seed, so the result is the same.
     """
-    from latentrl.models.latent import CACHE_KWARG, position_ids_from_mask
+    from latentrl.models.latent import CACHE_KWARG, latent_forward, position_ids_from_mask
     from latentrl.models.sampling import sample_next, sampling_keys
 
     table = model.get_input_embeddings().weight  # [V, D]
     B, device = prompt_ids.shape[0], prompt_ids.device
     cache = DynamicCache(config=model.config)
     positions = position_ids_from_mask(prompt_mask)
-    out = model(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=positions, use_cache=True,
-                logits_to_keep=1, **{CACHE_KWARG: cache})  # fmt: skip
-    logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1
+    no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)  # the rows of a prompt run its prefill once:
+    out = latent_forward(model, prompt_ids, prompt_mask, no_latent, last_only=True, cache=cache, share_prefill=True)
+    logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1  # (the noise acts on the steps)
     state = _LoopState.start(B, device, settings, max_new_tokens, pad_token_id)
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
     finite = FiniteWatch(device)
@@ -255,12 +266,13 @@ class _LoopState:
         return r["tokens"], r["logps"], trace
 
 
-def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace,
-                           full: bool = False, policy=None):  # fmt: skip
-    """Logits of every completion position ``[B, T, V]`` (``full``: of every position, ``[B, P+T, V]``)
-    with the soft steps' inputs rebuilt from the record and detached: one forward over prompt + completion.
-    ``policy`` maps the forward's logits to the policy's (``read_out``'s, for BuPO)."""
-    from latentrl.models.latent import position_ids_from_mask
+def soft_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace, *,
+                 logits_from: int, share_prefill: bool = False, hidden_only: bool = False):  # fmt: skip
+    """The teacher-forced forward over prompt + completion with the soft steps' inputs rebuilt from the record
+    and detached (the inputs no longer depend on the outputs, so one forward gives every step's logits):
+    ``latent_forward``'s output for positions ``[logits_from, P+T)``. ``share_prefill``: the rows of one
+    prompt run it once (the caller promises that no hook reads the prompt's per-row activations)."""
+    from latentrl.models.latent import latent_forward
 
     embed = model.get_input_embeddings()
     ids = torch.cat([prompt_ids, completion_ids], dim=1)  # [B, P+T]
@@ -269,17 +281,24 @@ def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, compl
     P = prompt_ids.shape[1]
     mix = mixture_embedding(embed.weight, trace.ids, trace.weights()).detach()  # [B, T, D]
     x = torch.cat([x[:, :P], torch.where(trace.soft_mask[..., None], mix, x[:, P:])], dim=1)
-    keep = 0 if full else completion_ids.shape[1] + 1  # HF's 0: every position
-    logits = model(inputs_embeds=x, attention_mask=mask, position_ids=position_ids_from_mask(mask), logits_to_keep=keep).logits
+    return latent_forward(model, ids, mask, torch.zeros_like(ids, dtype=torch.bool), prompt_len=P,
+                          logits_from=logits_from, share_prefill=share_prefill, hidden_only=hidden_only,
+                          inputs_embeds=x)  # fmt: skip
+
+
+def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace,
+                           full: bool = False, policy=None):  # fmt: skip
+    """Logits of every completion position ``[B, T, V]`` (``full``: of every position, ``[B, P+T, V]``) through
+    :func:`soft_forward`. ``policy`` maps the forward's logits to the policy's (``read_out``'s, for BuPO)."""
+    start = 0 if full else prompt_ids.shape[1] - 1
+    logits = soft_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace, logits_from=start).logits
     logits = logits if policy is None else policy(logits)
     return logits if full else logits[:, :-1]  # [B, T, V]: the positions that chose each completion step
 
 
-def soft_step_logps(logits: torch.Tensor, trace: SoftTrace) -> torch.Tensor:
-    """``soft_token_logprob`` at every position: ``logits [B, T, V]`` -> ``[B, T]`` (use where ``soft_mask``)."""
+def soft_step_logps(logp: torch.Tensor, trace: SoftTrace) -> torch.Tensor:
+    """:func:`soft_logprob` at every position: ``logp [B, T, k]`` (log-probs of the recorded kept ids, at the
+    soft temperature) -> ``[B, T]`` (use where ``soft_mask``)."""
     s = trace.settings
-    B, T, V = logits.shape
-    flat = soft_token_logprob(logits.reshape(B * T, V), trace.ids.reshape(B * T, -1),
-                              trace.noisy_logits.reshape(B * T, -1).masked_fill(~trace.soft_mask.reshape(B * T, 1), float("-inf")),
-                              s.temperature, s.logprob_reduce, s.logprob_clamp, s.logprob_min)  # fmt: skip
-    return flat.view(B, T)
+    noisy = trace.noisy_logits.masked_fill(~trace.soft_mask[..., None], float("-inf"))  # [B, T, k]
+    return soft_logprob(logp, noisy, s.logprob_reduce, s.logprob_clamp, s.logprob_min)

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import torch
 
-from latentrl.models.readout import FULL_POLICY
+from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
+from latentrl.models.readout import FULL_POLICY, plain_head, unembedding
 from latentrl.models.thinking.args import SOFT_DECODES_EAGERLY
-from latentrl.models.thinking.logprobs import LogProbs, read_out, token_logps
-from latentrl.models.thinking.soft import soft_completion_logits, soft_generate, soft_step_logps
+from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out, read_out_hidden, selected_logps, token_logps
+from latentrl.models.thinking.soft import soft_forward, soft_generate, soft_step_logps
 
 
 class SoftThinking:
@@ -48,12 +49,17 @@ class SoftThinking:
                           ~is_eos.any(1), None, seeds, soft=trace)  # fmt: skip
 
     def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
-        with read_out(model, head) as policy:
-            logits = soft_completion_logits(model, record.prompt_ids, record.prompt_mask, record.completion_ids,
-                                            record.completion_mask, record.soft, policy=policy)  # [B, T, V]
-        answer, entropy = token_logps(logits, record.completion_ids, temperature)  # [B, T]
-        thinking = soft_step_logps(logits, record.soft)  # [B, T]
-        return LogProbs(torch.where(record.soft.soft_mask, thinking, answer), entropy)
+        """One forward over prompt + completion (the soft inputs rebuilt from the record), the rows of a prompt
+        sharing its prefill for the full policy; on a plain head the forward stops at the hidden states and the
+        head runs in vocabulary chunks for the answer tokens and the soft steps' kept ids (``head_token_logps``:
+        no ``[B, T, V]`` tensor), else the model's logits are read."""
+        soft, P, chunked = record.soft, record.prompt_ids.shape[1], plain_head(model)
+        with (read_out_hidden if chunked else read_out)(model, head) as policy:
+            out = soft_forward(model, record.prompt_ids, record.prompt_mask, record.completion_ids, record.completion_mask,
+                               soft, logits_from=P - 1, share_prefill=head.full, hidden_only=chunked)  # fmt: skip
+        read = _chunked_logps if chunked else _logits_logps  # [B, T]: the positions that chose each step
+        answer, kept, entropy = read(model, policy(out.hidden if chunked else out.logits)[:, :-1], record, temperature)
+        return LogProbs(torch.where(soft.soft_mask, soft_step_logps(kept, soft), answer), entropy)
 
     def loss_mask(self, record, exploration) -> torch.Tensor:
         """Without noise a soft step is no action (it is a function of the prefix): only the tokens count.
@@ -62,3 +68,28 @@ class SoftThinking:
         if not record.soft.stochastic:
             return mask * (~record.soft.soft_mask).long()
         return mask
+
+
+def _effective(temperature: float) -> float:
+    return temperature if temperature > 0 else 1.0  # T = 0 (greedy) scores at T = 1
+
+
+def _chunked_logps(model, hidden, record, temperature: float):
+    """``hidden [B, T, D]`` -> ``(answer token logps [B, T], kept ids' logps [B, T, k], entropy [B, T])``: the
+    answer tokens at ``temperature``, the soft steps' kept ids at the soft temperature, from one pass of the
+    chunked head over the ``1 + k`` ids of each position when the two temperatures agree."""
+    W, banned, soft_T = unembedding(model), never_sampled_ids(model), record.soft.settings.temperature
+    ids, kept = record.completion_ids, record.soft.ids  # [B, T], [B, T, k]
+    if _effective(soft_T) == _effective(temperature):
+        logps, entropy = head_token_logps(hidden, W, torch.cat([ids[..., None], kept], -1), temperature, banned, NEVER_SAMPLED_LOGIT)
+        return logps[..., 0], logps[..., 1:], entropy
+    answer, entropy = head_token_logps(hidden, W, ids, temperature, banned, NEVER_SAMPLED_LOGIT)
+    return answer, head_token_logps(hidden, W, kept, soft_T, banned, NEVER_SAMPLED_LOGIT)[0], entropy
+
+
+def _logits_logps(model, logits, record, temperature: float):
+    """As :func:`_chunked_logps`, from the logits ``[B, T, V]``."""
+    answer, entropy = token_logps(logits, record.completion_ids, temperature)
+    kept = record.soft.ids  # [B, T, k]
+    _, scaled, lse = selected_logps(logits, kept[..., 0], record.soft.settings.temperature)
+    return answer, scaled.gather(-1, kept) - lse[..., None], entropy
