@@ -136,9 +136,11 @@ def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
     assert a[0]["grad_norm"] != b[0]["grad_norm"]  # bf16 autocast changes the numbers
 
 
-def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", [[], ["thinking_mode=soft", "exploration=gumbel"]], ids=["discrete", "soft"])
+def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monkeypatch, mode):
     """The engine keys (``compact_at``, ``cache_implementation``, ``torch_compile``; compile on its ``eager``
-    backend here) reach GRPO's rollouts and eval's samples through the CLI and change none of their numbers."""
+    backend here) reach GRPO's rollouts and eval's samples through the CLI and change none of their numbers,
+    in discrete decoding and in soft thinking (SofT-GRPO)."""
     import latentrl.models.latent as latent
 
     real = torch.compile
@@ -148,10 +150,11 @@ def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monke
                "compiled": ["cache_implementation=static", "torch_compile=true"]}  # fmt: skip
     logs, evals = {}, {}
     for name, keys in engines.items():
+        keys = [*mode, *keys]
         assert main(["grpo", f"output_dir={tmp_path / name}", *common, *keys]) == 0
         logs[name] = [r[k] for r in read_log(tmp_path / name / "log.jsonl") for k in ("reward", "completions/mean_length", "loss")]
         assert main(["eval", f"checkpoint={sft / 'final'}", "task=arith", "n=6", "samples=4", "task_kwargs={num_steps: 2}",
-                     f"out={tmp_path / ('eval_' + name)}", *keys]) == 0  # fmt: skip
+                     f"out={tmp_path / ('eval_' + name)}", *[k for k in keys if not k.startswith("exploration")]]) == 0  # fmt: skip
         evals[name] = json.loads((tmp_path / f"eval_{name}" / "metrics.json").read_text())
     for name in engines:
         assert logs[name] == pytest.approx(logs["kept"], rel=1e-4), name

@@ -284,8 +284,6 @@ def generate(
     the batch to the end). ``torch_compile``: the decoding step runs through
     ``torch.compile`` (with the static cache, CUDA graphs on a GPU: ``mode="reduce-overhead"``).
     """
-    if cache_implementation not in ("dynamic", "static"):
-        raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
     exploration = exploration or NoExploration()
     device, static = model.device, cache_implementation == "static"
     prompt_ids, prompt_mask = (t.to(device) for t in left_pad([p for p in prompts for _ in range(num_generations)], pad_token_id))
@@ -296,7 +294,7 @@ def generate(
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), device=device)
-    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, static)
+    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache,
@@ -385,11 +383,13 @@ class _LiveRows:
             self.done = torch.zeros_like(self.rows, dtype=torch.bool)
 
     @classmethod
-    def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, static: bool):
+    def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, cache_implementation: str):
         """Every row, and the KV cache to prefill: a new dynamic one (None), or the model's static cache of a
         width rounded up to ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a
         full-width mask."""
-        (B, P), device = prompt_mask.shape, prompt_mask.device
+        if cache_implementation not in ("dynamic", "static"):
+            raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
+        (B, P), device, static = prompt_mask.shape, prompt_mask.device, cache_implementation == "static"
         width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
         live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
@@ -404,11 +404,15 @@ class _LiveRows:
         else:
             self.mask = torch.cat([self.mask, torch.ones_like(self.mask[:, :1])], dim=1)
 
+    def select(self, keep: torch.Tensor) -> None:
+        """Only the rows ``keep [b']`` (indices into the current rows) stay."""
+        self.rows, self.mask, self.next_pos, self.done = self.rows[keep], self.mask[keep], self.next_pos[keep], self.done[keep]
+        self.keys = None if self.keys is None else self.keys[keep]
+
     def drop_finished(self, tok: torch.Tensor, cache: DynamicCache, exploration: Exploration) -> torch.Tensor:
         """Finished rows leave the batch (its KV cache and the exploration's rows too); returns ``tok``'s live rows."""
         keep = (~self.done).nonzero().flatten()  # [b']
-        self.rows, self.mask, self.next_pos, self.done = self.rows[keep], self.mask[keep], self.next_pos[keep], self.done[keep]
-        self.keys = None if self.keys is None else self.keys[keep]
+        self.select(keep)
         cache.batch_select_indices(keep)
         exploration.select_rows(keep)
         return tok[keep]

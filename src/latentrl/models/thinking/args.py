@@ -64,10 +64,6 @@ class ThinkingArgs(Config):
         return soft
 
 
-SOFT_DECODES_EAGERLY = ("decodes with the dynamic cache, eagerly: cache_implementation=static and torch_compile apply "
-                        "to the discrete, no-CoT and Coconut modes")  # fmt: skip
-
-
 class EngineArgs(Config):
     """How the rollout engine decodes (``latentrl eval`` and ``grpo``); none of them changes the tokens."""
 
@@ -79,12 +75,6 @@ class EngineArgs(Config):
     compact_at: float = Field(
         0.25, ge=0, le=1, description="Finished rows leave the decoding batch once they are this fraction of it (0: never).",
     )  # fmt: skip
-
-    @model_validator(mode="after")
-    def _soft_decodes_eagerly(self):
-        if getattr(self, "thinking_mode", None) == "soft" and (self.cache_implementation != "dynamic" or self.torch_compile):
-            raise ValueError(f"thinking_mode=soft {SOFT_DECODES_EAGERLY}")
-        return self
 
     def engine(self) -> dict:
         """The keyword arguments of ``generate`` these keys set."""

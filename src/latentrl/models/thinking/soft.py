@@ -148,47 +148,49 @@ class SoftTrace:
 @torch.no_grad()
 def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noise, seeds, eos_token_id: int,
                   pad_token_id: int, max_new_tokens: int, temperature: float, top_p: float, generator=None,
-                  compact_at: float = 0.25):  # fmt: skip
+                  compact_at: float = 0.25, cache_implementation: str = "dynamic", torch_compile: bool = False):  # fmt: skip
     """Soft thinking then answer decoding, batched, on the KV cache.
 
     Each position t holds, per row, a soft thinking step (mixture input), the end-of-thinking token,
     an answer token, or padding after eos. Returns ``(tokens [B, T], sample_logps [B, T], trace)``.
-    Rows that finished leave the batch as in ``latentrl.models.latent.generate`` (``compact_at``); the
+    The rows of a prompt run its prefill once; rows that finished leave the batch, and the static cache and
+    ``torch_compile`` apply, as in ``latentrl.models.latent.generate`` (a static batch keeps its rows); the
     noise and the answer tokens' draws are functions of each row's seed, so the result is the same.
     """
-    from latentrl.models.latent import CACHE_KWARG, latent_forward, position_ids_from_mask
+    from latentrl.models.latent import CACHE_KWARG, _LiveRows, compiled_step, latent_forward
     from latentrl.models.sampling import sample_next, sampling_keys
 
     table = model.get_input_embeddings().weight  # [V, D]
-    B, device = prompt_ids.shape[0], prompt_ids.device
-    cache = DynamicCache(config=model.config)
-    positions = position_ids_from_mask(prompt_mask)
-    no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)  # the rows of a prompt run its prefill once:
-    out = latent_forward(model, prompt_ids, prompt_mask, no_latent, last_only=True, cache=cache, share_prefill=True)
-    logits, mask, next_pos = out.logits[:, -1], prompt_mask, positions[:, -1:] + 1  # (the noise acts on the steps)
-    state = _LoopState.start(B, device, settings, max_new_tokens, pad_token_id)
+    B, device, static = prompt_ids.shape[0], prompt_ids.device, cache_implementation == "static"
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
+    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
+    cache = DynamicCache(config=model.config) if cache is None else cache
+    decode_step = compiled_step(model, static) if torch_compile else model
+    no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)  # (the noise acts on the steps, not the model)
+    logits = latent_forward(model, prompt_ids, prompt_mask, no_latent, last_only=True, cache=cache, share_prefill=True).logits[:, -1]
+    state = _LoopState.start(B, device, settings, max_new_tokens, pad_token_id)
+    compact_at = 0.0 if static else compact_at
     finite = FiniteWatch(device)
     for t in range(max_new_tokens):
         logits = finite(logits)
         idx, p, entropy = filter_top_k_top_p(logits, settings.top_k, settings.top_p, settings.temperature)
         g, tau = noise.soft_logits(p, seeds, t)  # [b, k]
-        answer = sample_next(logits, temperature, top_p, keys, t)  # [b]
+        answer = sample_next(logits, temperature, top_p, live.keys, t)  # [b]
         tok, soft_now = state.advance(t, idx, g, entropy, answer, logits, temperature, eos_token_id, pad_token_id)
         finished = int(state.done.sum())
         if finished == len(state.rows):
             break
         if compact_at > 0 and finished >= compact_at * len(state.rows):  # finished rows leave the batch
             keep = state.keep_unfinished()
+            live.select(keep)
             cache.batch_select_indices(keep)
-            mask, next_pos, tok, soft_now, idx, g = mask[keep], next_pos[keep], tok[keep], soft_now[keep], idx[keep], g[keep]
-            seeds, keys = seeds[keep.to(seeds.device)], None if keys is None else keys[keep]
+            tok, soft_now, idx, g, seeds = tok[keep], soft_now[keep], idx[keep], g[keep], seeds[keep.to(seeds.device)]
         x = torch.where(soft_now[:, None], mixture_embedding(table, idx, torch.softmax(g / tau, -1).nan_to_num(0.0)),
                         table[tok])  # [b, D]  fmt: skip
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        out = model(inputs_embeds=x[:, None], attention_mask=mask, position_ids=next_pos, use_cache=True,
-                    **{CACHE_KWARG: cache})  # fmt: skip
-        logits, next_pos = out.logits[:, -1], next_pos + 1
+        live.open_slot(t)
+        out = decode_step(inputs_embeds=x[:, None], attention_mask=live.mask, position_ids=live.next_pos, use_cache=True,
+                          **{CACHE_KWARG: cache})  # fmt: skip
+        logits, live.next_pos = out.logits[:, -1], live.next_pos + 1
     finite.check()
     return state.finish(tau, settings, stochastic=getattr(noise, "stochastic", True))
 

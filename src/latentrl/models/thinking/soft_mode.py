@@ -12,7 +12,6 @@ import torch
 
 from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
 from latentrl.models.readout import FULL_POLICY, plain_head, unembedding
-from latentrl.models.thinking.args import SOFT_DECODES_EAGERLY
 from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out, read_out_hidden, selected_logps, token_logps
 from latentrl.models.thinking.soft import soft_forward, soft_generate, soft_step_logps
 
@@ -27,9 +26,6 @@ class SoftThinking:
                  torch_compile=False, compact_at=0.25):  # fmt: skip
         from latentrl.models.latent import Generation, left_pad
 
-        if cache_implementation != "dynamic" or torch_compile:
-            raise ValueError(f"soft thinking {SOFT_DECODES_EAGERLY}")
-
         if not hasattr(exploration, "soft_logits"):
             raise ValueError(f"thinking_mode 'soft' takes exploration none, gumbel, soft_gaussian or dirichlet, not "
                              f"{type(exploration).__name__}")  # fmt: skip
@@ -40,7 +36,8 @@ class SoftThinking:
                                              noise=exploration, seeds=seeds, eos_token_id=eos_token_id,
                                              pad_token_id=pad_token_id, max_new_tokens=max_new_tokens,
                                              temperature=temperature, top_p=top_p, generator=generator,
-                                             compact_at=compact_at)  # fmt: skip
+                                             compact_at=compact_at, cache_implementation=cache_implementation,
+                                             torch_compile=torch_compile)  # fmt: skip
         is_eos = (tokens == eos_token_id) & ~trace.soft_mask
         after_eos = (is_eos.long().cumsum(1) - is_eos.long()) > 0
         tokens = tokens.masked_fill(after_eos, pad_token_id)
