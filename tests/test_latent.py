@@ -512,3 +512,56 @@ def test_a_prefill_shared_by_rows_equals_one_per_row(family, mode, cover_prefill
     assert grads.keys() == ref_grads.keys()
     for name in ref_grads:
         torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_reserved_cache_layer_holds_what_a_growing_one_does():
+    """``ReservedLayer`` (positions reserved up front, written in place, views handed out) against HF's
+    ``DynamicLayer`` (concatenation): a prefill, steps past the reserve (it grows), rows leaving and rows copied
+    to a group, interleaved repeats and a crop; and it refuses to write under autograd."""
+    from transformers.cache_utils import DynamicLayer
+
+    from latentrl.models.reserved_cache import ReservedLayer
+
+    g = torch.Generator().manual_seed(0)
+    ours, ref = ReservedLayer(capacity=6), DynamicLayer()
+    kv = lambda b, n: (torch.randn(b, 2, n, 4, generator=g), torch.randn(b, 2, n, 4, generator=g))  # noqa: E731
+
+    def check():
+        assert ours.get_seq_length() == ref.get_seq_length()
+        assert torch.equal(ours.keys, ref.keys) and torch.equal(ours.values, ref.values)
+
+    for step in [kv(3, 4), kv(3, 1), kv(3, 1), kv(3, 1)]:  # 4 + 3 positions: past the reserve of 6
+        a, b = ours.update(*step), ref.update(*step)
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+        check()
+    for change in (lambda c: c.batch_select_indices(torch.tensor([2, 0])), lambda c: c.batch_select_indices(torch.tensor([0, 0, 1])),
+                   lambda c: c.batch_repeat_interleave(2), lambda c: c.crop(-2)):  # fmt: skip
+        change(ours), change(ref)
+        check()
+        step = kv(ref.keys.shape[0], 1)
+        ours.update(*step), ref.update(*step)
+        check()
+    with pytest.raises(RuntimeError, match="without gradients"):
+        ours.update(*(x.requires_grad_() for x in kv(6, 1)))
+
+
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_generation_on_the_reserved_cache_equals_the_growing_cache(family, monkeypatch):
+    """Generation's KV cache reserves prompt + new-token positions (``reserved_cache``); with HF's growing
+    ``DynamicCache`` instead, through Coconut thoughts, a shared prefill and rows leaving the batch, the
+    generation is the same."""
+    from transformers import DynamicCache
+
+    from latentrl.models import latent
+
+    model, prompts, decode = _early_ending(1.0)
+    if family == "llama":
+        model, tok = tiny("llama")
+        cfg = ThinkingConfig.from_tokenizer(tok, "coconut", num_latents=2)
+        prompts = [encode_prompt(tok, q, cfg, 2) for q in QUESTIONS]
+        decode = dict(decode, latent_token_id=cfg.latent_token_id, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    reserved = generate(model, prompts, generator=torch.Generator().manual_seed(1), compact_at=1e-9, **decode)
+    monkeypatch.setattr(latent, "reserved_cache", lambda model, capacity: DynamicCache(config=model.config))
+    growing = generate(model, prompts, generator=torch.Generator().manual_seed(1), compact_at=1e-9, **decode)
+    assert_same_generation(reserved, growing)
+    torch.testing.assert_close(reserved.thoughts, growing.thoughts)

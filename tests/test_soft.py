@@ -357,16 +357,21 @@ def _logps_and_grads(model, gen, **kw):
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
-@pytest.mark.parametrize("soft_temperature", [1.0, 0.7])
-def test_the_soft_recomputation_with_a_shared_prefill_and_the_chunked_head_equals_the_definition(family, soft_temperature):
+@pytest.mark.parametrize(("soft_temperature", "soft_top_p"), [(1.0, 0.95), (0.7, 0.95), (1.0, 0.015)])
+def test_the_soft_recomputation_with_a_shared_prefill_and_the_chunked_head_equals_the_definition(
+        family, soft_temperature, soft_top_p):  # fmt: skip
     """SofT-GRPO's recomputation (the rows of a prompt share its prefill; the head runs in vocabulary chunks over
     the answer token and the kept ids of each position, in one pass or, when the soft temperature differs from the
     sampling one, two) against the definition written out from the model's logits of a per-row forward:
-    ``log_softmax`` at the answer tokens and ``soft_token_logprob`` at the soft steps; values and gradients."""
+    ``log_softmax`` at the answer tokens and ``soft_token_logprob`` at the soft steps; values and gradients (finite,
+    also where top-p dropped kept ids: the tiny models are near uniform, so a top-p of 0.015 keeps 1 or 2 of 5)."""
     from latentrl.models.thinking.soft import soft_completion_logits
 
-    model, gen = _soft_rollouts(family, soft_temperature=soft_temperature)
+    model, gen = _soft_rollouts(family, soft_temperature=soft_temperature, soft_top_p=soft_top_p)
+    dropped = gen.soft.soft_mask[..., None] & torch.isinf(gen.soft.noisy_logits)
+    assert bool(dropped.any()) == (soft_top_p < 0.5)
     ours, grads = _logps_and_grads(model, gen, temperature=1.0)
+    assert all(bool(torch.isfinite(g).all()) for g in grads.values())
     model.zero_grad()
     s, (B, T) = gen.soft, gen.completion_ids.shape
     logits = soft_completion_logits(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, s)
@@ -439,15 +444,26 @@ def _same_soft_rollouts(a, b):
 
 @pytest.mark.parametrize("family", ["gpt2", "llama"])
 @pytest.mark.parametrize("noise", [NoExploration(), GumbelExploration(0.5)])
-def test_soft_thinking_with_a_static_cache_generates_what_the_dynamic_one_does(family, noise):
+def test_soft_thinking_with_a_static_cache_generates_what_the_dynamic_one_does(family, noise, monkeypatch):
     """The soft loop on a preallocated cache with a full-width mask (rows stay in the batch) against the
-    dynamic cache (rows leave it): the same soft steps, tokens and records."""
+    dynamic cache (rows that end early leave it): the same soft steps, tokens and records."""
+    from latentrl.models import latent
+
     model, tok = tiny(family)
-    thinking = soft_config(tok, max_thinking_steps=4)
-    common = dict(num_generations=2, temperature=1.0, seeds=torch.arange(6) + 3, max_new_tokens=12)
-    dynamic = decode(model, tok, thinking, prompts_of(tok), noise, generator=torch.Generator().manual_seed(1), **common)
-    static = decode(model, tok, thinking, prompts_of(tok), noise, generator=torch.Generator().manual_seed(1),
-                    cache_implementation="static", **common)  # fmt: skip
+    thinking, mode = soft_config(tok, max_thinking_steps=4), thinking_mode("soft")
+    common = dict(exploration=noise, pad_token_id=tok.pad_token_id, num_generations=3, max_new_tokens=16,
+                  temperature=1.0, seeds=torch.arange(12) + 3)  # fmt: skip
+    prompts = prompts_of(tok, 4)
+    free = mode.generate(model, prompts, thinking, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **common)
+    eos = int(free.completion_ids[:, 5:].flatten().mode().values)  # a frequent answer token ends rows early
+    static_caches = []
+    real = latent.static_cache
+    monkeypatch.setattr(latent, "static_cache", lambda *a: static_caches.append(a[1:]) or real(*a))
+    dynamic = mode.generate(model, prompts, thinking, eos_token_id=eos, generator=torch.Generator().manual_seed(1), **common)
+    assert not static_caches and dynamic.completion_mask.sum(1).lt(16).sum() >= 3  # rows left the dynamic batch
+    static = mode.generate(model, prompts, thinking, eos_token_id=eos, cache_implementation="static",
+                           generator=torch.Generator().manual_seed(1), **common)  # fmt: skip
+    assert static_caches == [(12, 64)]  # 12 rows, prompt + 16 positions rounded up to STATIC_BUCKET
     assert dynamic.soft.soft_mask.any()
     _same_soft_rollouts(static, dynamic)
 

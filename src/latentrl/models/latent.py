@@ -22,6 +22,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from latentrl.errors import FiniteWatch
 from latentrl.exploration import Exploration, NoExploration
+from latentrl.models.reserved_cache import ReservedLayer, reserved_cache
 from latentrl.models.sampling import sample_next, sampling_keys
 from latentrl.models.thinking.logprobs import selected_logps
 from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
@@ -47,7 +48,7 @@ class LatentOutput:
     hidden: torch.Tensor | None = None  # hidden_only: [B, L - logits_from, D] last-layer states in place of logits
 
 
-SHAREABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer)  # cache layers whose rows batch_select_indices copies whole
+SHAREABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, ReservedLayer)  # layers whose rows batch_select_indices copies whole
 SHARE_AT_LEAST = 0.1  # a shared prefill must save this fraction of the forward's positions
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
 
@@ -124,7 +125,7 @@ def latent_forward(
     with ``prompt_len`` (the completion follows the prompt), the prompt is the prefill and the rest
     the answer; the two run as two cached forwards only when a source is active, so that a plain
     forward stays one call. ``cache``: the KV cache to fill (default a new ``DynamicCache``; generation
-    may pass a ``StaticCache``).
+    passes a ``reserved_cache`` or a ``StaticCache``).
 
     ``share_prefill``: rows whose prefill part is identical (a prompt and its G rollouts) run it once,
     and their KV cache rows are copies (autograd sums their gradients): the same result within float
@@ -384,9 +385,9 @@ class _LiveRows:
 
     @classmethod
     def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, cache_implementation: str):
-        """Every row, and the KV cache to prefill: a new dynamic one (None), or the model's static cache of a
-        width rounded up to ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a
-        full-width mask."""
+        """Every row, and the KV cache to prefill: a dynamic one with the prompt + new tokens' positions reserved
+        (``reserved_cache``: no per-step concatenation), or the model's static cache of a width rounded up to
+        ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a full-width mask."""
         if cache_implementation not in ("dynamic", "static"):
             raise ValueError(f"cache_implementation must be 'dynamic' or 'static', got {cache_implementation!r}")
         (B, P), device, static = prompt_mask.shape, prompt_mask.device, cache_implementation == "static"
@@ -394,7 +395,7 @@ class _LiveRows:
         mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
         live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
                    first_slot=P if static else None)  # fmt: skip
-        return live, static_cache(model, B, width) if static else None
+        return live, static_cache(model, B, width) if static else reserved_cache(model, P + max_new_tokens)
 
     def open_slot(self, t: int) -> None:
         """The mask column of decoded token ``t`` opens: in place on the full-width mask of a static cache (the

@@ -158,13 +158,13 @@ def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tens
     ``entropy [B, T]``. The logits exist a vocabulary chunk at a time (about ``chunk_elements`` floats, 16 MB),
     in the forward and again in the backward, so a real vocabulary's ``[B, T, V]`` tensor and its softmax are
     never allocated (nor paged in, on the CPU)."""
-    B, T, D = hidden.shape
+    (B, T, D), m = hidden.shape, ids.shape[2] if ids.dim() == 3 else 1
     chunk = max(256, chunk_elements // max(1, B * T))
     by_chunk = {}  # chunk start -> its banned columns (built on the host: no device read per chunk)
     for i in sorted(set(banned)):
         by_chunk.setdefault(i - i % chunk, []).append(i % chunk)
     by_chunk = {lo: torch.tensor(cols, dtype=torch.long, device=hidden.device) for lo, cols in by_chunk.items()}
     with torch.autocast(hidden.device.type, enabled=False):  # the head in the weight's dtype (so in the backward)
-        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(B * T, -1), temperature,
-                                          by_chunk, banned_logit, chunk)  # fmt: skip
+        logps, entropy = _HeadLogps.apply(hidden.reshape(B * T, D), weight, ids.reshape(B * T, m), temperature, by_chunk,
+                                          banned_logit, chunk)  # fmt: skip
     return logps.view(ids.shape), entropy.view(B, T)

@@ -28,7 +28,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import DynamicCache
 
 from latentrl.errors import FiniteWatch
 
@@ -91,6 +90,7 @@ def soft_logprob(
     kept = torch.isfinite(noisy_logits)  # [..., k]
     log_p_hat = torch.log_softmax(logp.double().masked_fill(~kept, float("-inf")), dim=-1)  # [..., k]
     z = noisy_logits.double() - torch.log(log_p_hat.exp() + EPS)  # [..., k]
+    z = torch.where(kept, z, 0.0)  # a dropped id's -inf would make l = inf - inf, NaN in the backward
     if clamp is not None:
         z = z.clamp(*clamp)
     ell = -z - torch.exp(-z)  # [..., k]
@@ -153,9 +153,10 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
 
     Each position t holds, per row, a soft thinking step (mixture input), the end-of-thinking token,
     an answer token, or padding after eos. Returns ``(tokens [B, T], sample_logps [B, T], trace)``.
-    The rows of a prompt run its prefill once; rows that finished leave the batch, and the static cache and
-    ``torch_compile`` apply, as in ``latentrl.models.latent.generate`` (a static batch keeps its rows); the
-    noise and the answer tokens' draws are functions of each row's seed, so the result is the same.
+    As in ``latentrl.models.latent.generate``: the rows of a prompt run its prefill once and rows that finished
+    leave the batch, or, with ``cache_implementation="static"``, every row is prefilled and stays to the end;
+    ``torch_compile`` applies to the steps. The noise and the answer tokens' draws are functions of each row's
+    seed, so none of these settings changes the result.
     """
     from latentrl.models.latent import CACHE_KWARG, _LiveRows, compiled_step, latent_forward
     from latentrl.models.sampling import sample_next, sampling_keys
@@ -164,7 +165,6 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
     B, device, static = prompt_ids.shape[0], prompt_ids.device, cache_implementation == "static"
     keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
     live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
-    cache = DynamicCache(config=model.config) if cache is None else cache
     decode_step = compiled_step(model, static) if torch_compile else model
     no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)  # (the noise acts on the steps, not the model)
     logits = latent_forward(model, prompt_ids, prompt_mask, no_latent, last_only=True, cache=cache, share_prefill=True).logits[:, -1]
