@@ -13,7 +13,9 @@ HF, coconut, latentrl, ...) after one warm-up of each; each ratio is the median 
 ratio to the latentrl discrete run of the same round, so it survives a noisy machine. Two more discrete
 variants of the engine: ``static`` (``cache_implementation="static"``: a preallocated KV cache) and
 ``compiled`` (static cache + ``torch_compile``: inductor on the CPU; its first call, which compiles, is
-recorded apart; ``--no-compile`` skips it). Models: the
+recorded apart; ``--no-compile`` skips it), and ``growing``: the dynamic cache as HF grows it, by concatenation
+(``latentrl.models.latent.reserved_cache`` swapped for a plain ``DynamicCache``; the default reserves the
+positions and writes in place). Models: the
 demo-sized untrained GPT-2 (64 rollouts = 8 prompts x 8) and SmolLM2-135M (16 rollouts = 4 x 4).
 Soft thinking's cost per step is ``bench_soft.py``'s.
 """
@@ -25,10 +27,12 @@ import time
 from pathlib import Path
 
 import torch
+from transformers import DynamicCache
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_soft import load_model, med, model_bench_args, start_result, write_result  # noqa: E402
 
+import latentrl.models.latent as latent  # noqa: E402
 from latentrl.models import ThinkingConfig, encode_prompt, generate  # noqa: E402
 from latentrl.models.latent import left_pad  # noqa: E402
 from latentrl.models.build import add_latent_tokens, ban_layout_tokens  # noqa: E402
@@ -42,6 +46,20 @@ def timed(fn) -> float:
     t = time.perf_counter()
     fn()
     return time.perf_counter() - t
+
+
+def growing_cache(fn):
+    """``fn`` run with generation's KV cache grown by concatenation (HF's ``DynamicCache``) instead of reserved."""
+
+    def run():
+        reserved = latent.reserved_cache
+        latent.reserved_cache = lambda model, capacity: DynamicCache(config=model.config)
+        try:
+            return fn()
+        finally:
+            latent.reserved_cache = reserved
+
+    return run
 
 
 def hf_generate(model, ids, mask, T: int, pad_id: int):
@@ -66,6 +84,7 @@ def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: i
                                     max_new_tokens=T - K_THOUGHTS, **decode),
         "static": lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T,
                                    cache_implementation="static", **decode),
+        "growing": growing_cache(lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T, **decode)),
     }  # fmt: skip
     if compile_step:
         runs["compiled"] = lambda: generate(model, d_prompts, latent_token_id=None, max_new_tokens=T,
@@ -87,13 +106,14 @@ def engine_case(name: str, model, tok, n_prompts: int, G: int, T: int, rounds: i
         "hf_over_latentrl": ratio("hf_generate"),  # > 1: latentrl is faster
         "coconut_over_discrete": ratio("coconut"),
         "static_over_dynamic": ratio("static"),
+        "growing_over_reserved": ratio("growing"),  # > 1: reserving the cache's positions saves time
         **({"compiled_over_dynamic": ratio("compiled"), "compile_seconds": warmup["compiled"]} if compile_step else {}),
         "warmup_seconds": warmup,
     }  # fmt: skip
     print(f"{name}: latentrl {result['tokens_per_s']['latentrl']:.0f} tok/s, HF generate "
           f"{result['tokens_per_s']['hf_generate']:.0f} tok/s (HF/latentrl time {result['hf_over_latentrl']:.2f}); "
           f"coconut/discrete time {result['coconut_over_discrete']:.2f}; static/dynamic cache "
-          f"{result['static_over_dynamic']:.2f}"
+          f"{result['static_over_dynamic']:.2f}; growing/reserved cache {result['growing_over_reserved']:.2f}"
           + (f"; static + torch.compile / dynamic {result['compiled_over_dynamic']:.2f} (first call "
              f"{result['compile_seconds']:.0f} s)" if compile_step else ""))  # fmt: skip
     return result
