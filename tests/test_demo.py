@@ -27,3 +27,7 @@ def test_demo_writes_report_checkpoints_and_plots_deterministically(tmp_path):
         for key in ["accuracy", "pass@2", "maj@2", "mean_tokens"]:
             assert ra["results"][name][key] == rb["results"][name][key], (name, key)
     assert "| Coconut + Dropout-GRPO |" in (a / "report.md").read_text()
+    import torch
+
+    assert ra["versions"]["torch"] == torch.__version__ and ra["versions"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert ra["versions"]["cpu"]  # the figures are exact for one kind of CPU: which one made them

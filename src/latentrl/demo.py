@@ -149,12 +149,28 @@ def render_table(rows: dict[str, dict], samples: int) -> str:
 
 
 def versions() -> dict[str, str]:
-    """The versions the figures were made with (``report.json``)."""
+    """The versions the figures were made with (``report.json``), and the CPU: its kernels' rounding differs
+    between instruction sets (torch's ``cpu_capability``: AVX2, AVX512, ...), which over a training run
+    grows into other models, so the figures are exact for one kind of CPU."""
     import platform
     from importlib.metadata import version
 
     packages = ("latentrl", "torch", "transformers", "accelerate", "tokenizers", "numpy", "pydantic")
-    return {"python": platform.python_version(), **{p: version(p) for p in packages}, "threads": str(torch.get_num_threads())}
+    return {"python": platform.python_version(), **{p: version(p) for p in packages}, "threads": str(torch.get_num_threads()),
+            "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+
+
+def cpu_name() -> str:
+    """The processor's model name (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def run_demo(cfg: DemoConfig) -> dict:
