@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+from equivalence import assert_same_logps_and_grads
 
 from latentrl.cli import main
 from latentrl.exploration import GumbelExploration, NoExploration
@@ -138,34 +139,30 @@ def test_the_cached_soft_loop_equals_a_full_recompute():
         torch.testing.assert_close(g[finite], recorded[finite], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("noise", [NoExploration(), GumbelExploration(0.5)])
-def test_finished_soft_rows_leaving_the_batch_change_nothing(noise):
-    """The soft loop drops finished rows (KV cache, mask, seeds, sampling keys, live state) like discrete
-    decoding; every recorded field is the one of a batch that keeps its rows to the end."""
-    model, tok = tiny()
+def _early_ending_soft(noise, family="gpt2"):
+    """``run(**engine)``: soft rollouts of a tiny model (4 prompts x 3, at most 16 positions) under which rows
+    end at different steps (a frequent answer token is the eos)."""
+    model, tok = tiny(family)
     thinking, mode = soft_config(tok, max_thinking_steps=4), thinking_mode("soft")
     common = dict(exploration=noise, pad_token_id=tok.pad_token_id, num_generations=3, max_new_tokens=16,
                   temperature=1.0, seeds=torch.arange(12) + 3)  # fmt: skip
     prompts = prompts_of(tok, 4)
     free = mode.generate(model, prompts, thinking, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **common)
-    eos = int(free.completion_ids[:, 5:].flatten().mode().values)  # a frequent answer token ends rows early
+    eos = int(free.completion_ids[:, 5:].flatten().mode().values)
+    return lambda **engine: mode.generate(model, prompts, thinking, eos_token_id=eos,
+                                          generator=torch.Generator().manual_seed(1), **common, **engine)  # fmt: skip
 
-    def run(compact_at):
-        return mode.generate(model, prompts, thinking, eos_token_id=eos, compact_at=compact_at,
-                             generator=torch.Generator().manual_seed(1), **common)  # fmt: skip
 
-    kept = run(0.0)
+@pytest.mark.parametrize("noise", [NoExploration(), GumbelExploration(0.5)])
+def test_finished_soft_rows_leaving_the_batch_change_nothing(noise):
+    """The soft loop drops finished rows (KV cache, mask, seeds, sampling keys, live state) like discrete
+    decoding; every recorded field is the one of a batch that keeps its rows to the end."""
+    rollouts = _early_ending_soft(noise)
+    kept = rollouts(compact_at=0.0)
     lengths = kept.completion_mask.sum(1)
     assert len(set(lengths.tolist())) > 2 and lengths.lt(16).any() and kept.soft.soft_mask.any()
     for compact_at in (1e-9, 0.25):
-        got = run(compact_at)
-        for field in ("completion_ids", "completion_mask", "truncated"):
-            assert torch.equal(getattr(got, field), getattr(kept, field)), field
-        for field in ("soft_mask", "ids", "differs_from_top1", "forced"):
-            assert torch.equal(getattr(got.soft, field), getattr(kept.soft, field)), field
-        for a, b in ((got.sample_logps, kept.sample_logps), (got.soft.noisy_logits, kept.soft.noisy_logits),
-                     (got.soft.entropy, kept.soft.entropy)):  # fmt: skip
-            torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+        _same_soft_rollouts(rollouts(compact_at=compact_at), kept)
 
 
 def test_replayed_gumbel_noise_gives_ratio_one_and_the_on_policy_gradient_identity():
@@ -399,12 +396,7 @@ def test_the_soft_recomputation_through_the_chunked_head_equals_the_models_logit
     for chunked in (True, False):
         model._latentrl_plain_head = chunked
         results.append(_logps_and_grads(model, gen, temperature=1.0, head=PolicyHead() if layer is None else PolicyHead(layer)))
-    (ours, grads), (ref, ref_grads) = results
-    torch.testing.assert_close(ours.logps, ref.logps, atol=1e-5, rtol=1e-4)
-    torch.testing.assert_close(ours.entropy, ref.entropy, atol=1e-4, rtol=1e-4)
-    assert grads.keys() == ref_grads.keys()
-    for name in ref_grads:
-        torch.testing.assert_close(grads[name], ref_grads[name], atol=1e-5, rtol=1e-4, msg=name)
+    assert_same_logps_and_grads(*results)
 
 
 def test_soft_rollouts_run_each_prompts_prefill_once(monkeypatch):
@@ -449,20 +441,13 @@ def test_soft_thinking_with_a_static_cache_generates_what_the_dynamic_one_does(f
     dynamic cache (rows that end early leave it): the same soft steps, tokens and records."""
     from latentrl.models import latent
 
-    model, tok = tiny(family)
-    thinking, mode = soft_config(tok, max_thinking_steps=4), thinking_mode("soft")
-    common = dict(exploration=noise, pad_token_id=tok.pad_token_id, num_generations=3, max_new_tokens=16,
-                  temperature=1.0, seeds=torch.arange(12) + 3)  # fmt: skip
-    prompts = prompts_of(tok, 4)
-    free = mode.generate(model, prompts, thinking, eos_token_id=-1, generator=torch.Generator().manual_seed(1), **common)
-    eos = int(free.completion_ids[:, 5:].flatten().mode().values)  # a frequent answer token ends rows early
+    rollouts = _early_ending_soft(noise, family)
     static_caches = []
     real = latent.static_cache
     monkeypatch.setattr(latent, "static_cache", lambda *a: static_caches.append(a[1:]) or real(*a))
-    dynamic = mode.generate(model, prompts, thinking, eos_token_id=eos, generator=torch.Generator().manual_seed(1), **common)
+    dynamic = rollouts()
     assert not static_caches and dynamic.completion_mask.sum(1).lt(16).sum() >= 3  # rows left the dynamic batch
-    static = mode.generate(model, prompts, thinking, eos_token_id=eos, cache_implementation="static",
-                           generator=torch.Generator().manual_seed(1), **common)  # fmt: skip
+    static = rollouts(cache_implementation="static")
     assert static_caches == [(12, 64)]  # 12 rows, prompt + 16 positions rounded up to STATIC_BUCKET
     assert dynamic.soft.soft_mask.any()
     _same_soft_rollouts(static, dynamic)
