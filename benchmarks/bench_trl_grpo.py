@@ -2,7 +2,7 @@
 
     python benchmarks/bench_trl_grpo.py [--checkpoint DIR] [--prompts 8] [--generations 8] \
         [--max-completion-length 32] [--steps 6] [--pairs 3] [--loss-type dapo] [--scale-rewards none] \
-        [--trl-defaults] [--latentrl-compile] [--threads N] [--seed 0] \
+        [--trl-defaults] [--latentrl-compile [static|dynamic]] [--threads N] [--seed 0] \
         [--out benchmarks/results/trl_grpo_step.json]
 
 Both sides train the same HF folder: ``--checkpoint`` (e.g. ``/tmp/latentrl_smollm2``) or, without it,
@@ -22,8 +22,9 @@ checkpointing, a log record every step. latentrl: ``train_grpo`` in discrete mod
 ``--trl-defaults`` times TRL as a new user's config gets it instead: the same work settings, but TRL's
 own defaults for memory, gradient checkpointing on and ``bf16`` autocast (latentrl keeps its defaults:
 float32, no checkpointing); not the same arithmetic, so it is reported apart from the matched ratio.
-``--latentrl-compile``: latentrl decodes with ``cache_implementation=static`` and ``torch_compile`` (its
-first step, not timed, compiles); TRL is unchanged.
+``--latentrl-compile``: latentrl decodes with ``torch_compile`` and ``cache_implementation=static`` (or, with
+``--latentrl-compile dynamic``, its default dynamic cache, from which finished rows leave the batch); its first
+step, not timed, compiles; TRL is unchanged.
 Not matched: the sampling streams (each side draws its own completions, hence the reported lengths),
 and on a checkpoint whose tokenizer lacks latentrl's three latent markers (SmolLM2) latentrl adds them
 (3 more embedding / head rows, initialised as eos's and banned from sampling: their logits are -1e4
@@ -95,7 +96,7 @@ def latentrl_config(spec: dict, output_dir: str):
         scale_rewards=spec["scale_rewards"], learning_rate=spec["learning_rate"], weight_decay=0.0,
         lr_scheduler_type="constant", max_grad_norm=1.0, seed=spec["seed"], logging_steps=1, save_steps=0,
         eval_steps=0, disable_tqdm=True, report_to=["jsonl"],
-        **({"cache_implementation": "static", "torch_compile": True} if spec.get("latentrl_compile") else {}),
+        **({"cache_implementation": spec["latentrl_compile"], "torch_compile": True} if spec.get("latentrl_compile") else {}),
     )  # fmt: skip
 
 
@@ -338,8 +339,9 @@ def main() -> None:
     ap.add_argument("--learning-rate", type=float, default=2e-4)
     ap.add_argument("--trl-defaults", action="store_true",
                     help="TRL keeps its own gradient checkpointing and bf16 defaults (as a new user's config would)")
-    ap.add_argument("--latentrl-compile", action="store_true",
-                    help="latentrl decodes with its static cache and torch_compile (the first, untimed step compiles)")
+    ap.add_argument("--latentrl-compile", nargs="?", const="static", choices=["static", "dynamic"],
+                    help="latentrl decodes through torch_compile, with its static cache (default) or its dynamic one "
+                         "(the first, untimed step compiles)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/trl_grpo_step.json")
