@@ -400,24 +400,23 @@ def test_a_static_kv_cache_generates_what_the_dynamic_one_does(family, temperatu
     torch.testing.assert_close(static.thoughts, dynamic.thoughts)
 
 
-def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch):
+@pytest.mark.parametrize("cache", ["static", "dynamic"])
+def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch, cache):
     """``torch_compile`` routes the decoding steps through ``torch.compile`` (here its ``eager`` backend: the
-    graph capture without a C++ build) and changes no token; the compiled step is built once per model."""
+    graph capture without a C++ build) and changes no token; the compiled step is built once per model and cache
+    kind (shapes static with the static cache, dynamic with the dynamic one, where rows that ended leave)."""
     from latentrl.models import latent
 
     calls = []
     real = torch.compile
     monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: calls.append(kw) or real(fn, backend="eager", **kw))
-    model, tok = tiny("gpt2")
-    cfg = ThinkingConfig.from_tokenizer(tok, "discrete")
-    prompts = [encode_prompt(tok, q, cfg) for q in QUESTIONS]
-    decode = dict(latent_token_id=None, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, num_generations=2,
-                  max_new_tokens=6, temperature=1.0, cache_implementation="static")  # fmt: skip
+    model, prompts, decode = _early_ending(1.0, cache_implementation=cache)
     eager = generate(model, prompts, generator=torch.Generator().manual_seed(4), **decode)
+    assert eager.completion_mask.sum(1).lt(20).any()  # rows end early (and leave a dynamic batch)
     for _ in range(2):
         compiled = generate(model, prompts, torch_compile=True, generator=torch.Generator().manual_seed(4), **decode)
         assert_same_generation(compiled, eager)
-    assert len(calls) == 1 and calls[0]["dynamic"] is False
+    assert len(calls) == 1 and calls[0]["dynamic"] is (cache == "dynamic")
 
 
 def test_sampling_keys_do_not_collapse_when_the_generator_is_seeded_like_the_rollouts():

@@ -147,7 +147,7 @@ def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monke
     monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
     sft, common = grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length=12)
     engines = {"kept": ["compact_at=0"], "compacted": ["compact_at=1e-9"], "static": ["cache_implementation=static"],
-               "compiled": ["cache_implementation=static", "torch_compile=true"]}  # fmt: skip
+               "compiled": ["cache_implementation=static", "torch_compile=true"], "compiled_dynamic": ["torch_compile=true"]}  # fmt: skip
     logs, evals = {}, {}
     for name, keys in engines.items():
         keys = [*mode, *keys]
