@@ -279,11 +279,12 @@ def generate(
     of a smaller batch's matmuls, which on a GPU's shape-dependent kernels can flip a draw that lies within
     rounding of a boundary); the columns decoded after the last row finished are cut off.
 
-    ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of prompt + ``max_new_tokens`` positions,
-    rounded up to a multiple of ``STATIC_BUCKET``, and a full-width attention mask, so every decoding step has
-    the same shapes, and so do most batches of the same size (no per-step concatenation; rows then stay in
-    the batch to the end). ``torch_compile``: the decoding step runs through
-    ``torch.compile`` (with the static cache, CUDA graphs on a GPU: ``mode="reduce-overhead"``).
+    The default (``"dynamic"``) KV cache reserves the prompt + ``max_new_tokens`` positions and attends over the
+    filled ones (``reserved_cache``). ``cache_implementation="static"`` (HF's name): a ``StaticCache`` of those
+    positions rounded up to a multiple of ``STATIC_BUCKET`` and a full-width attention mask, so every decoding
+    step has the same shapes, and so do most batches of the same size (every row is prefilled and stays in the
+    batch to the end). ``torch_compile``: the decoding step runs through ``torch.compile`` (shapes dynamic with
+    the dynamic cache; with the static cache static, and CUDA graphs on a GPU: ``mode="reduce-overhead"``).
     """
     exploration = exploration or NoExploration()
     device, static = model.device, cache_implementation == "static"
