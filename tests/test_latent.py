@@ -404,12 +404,19 @@ def test_a_static_kv_cache_generates_what_the_dynamic_one_does(family, temperatu
 def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch, cache):
     """``torch_compile`` routes the decoding steps through ``torch.compile`` (here its ``eager`` backend: the
     graph capture without a C++ build) and changes no token; the compiled step is built once per model and cache
-    kind (shapes static with the static cache, dynamic with the dynamic one, where rows that ended leave)."""
+    kind (shapes static with the static cache, dynamic with the dynamic one, where rows that ended leave and the
+    Coconut thought steps, fed embeddings, run through it too)."""
     from latentrl.models import latent
 
-    calls = []
+    calls, embeds_fed = [], []
     real = torch.compile
-    monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: calls.append(kw) or real(fn, backend="eager", **kw))
+
+    def counting_compile(fn, **kw):
+        calls.append(kw)
+        compiled = real(fn, backend="eager", **kw)
+        return lambda *a, **k: embeds_fed.append("inputs_embeds" in k) or compiled(*a, **k)
+
+    monkeypatch.setattr(latent.torch, "compile", counting_compile)
     model, prompts, decode = _early_ending(1.0, cache_implementation=cache)
     eager = generate(model, prompts, generator=torch.Generator().manual_seed(4), **decode)
     assert eager.completion_mask.sum(1).lt(20).any()  # rows end early (and leave a dynamic batch)
@@ -417,6 +424,7 @@ def test_a_compiled_decoding_step_generates_what_the_eager_one_does(monkeypatch,
         compiled = generate(model, prompts, torch_compile=True, generator=torch.Generator().manual_seed(4), **decode)
         assert_same_generation(compiled, eager)
     assert len(calls) == 1 and calls[0]["dynamic"] is (cache == "dynamic")
+    assert any(embeds_fed) is (cache == "dynamic") and not all(embeds_fed)  # thoughts, then decoded tokens
 
 
 def test_sampling_keys_do_not_collapse_when_the_generator_is_seeded_like_the_rollouts():

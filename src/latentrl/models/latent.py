@@ -116,6 +116,7 @@ def latent_forward(
     share_prefill: bool = False,
     hidden_only: bool = False,
     inputs_embeds: torch.Tensor | None = None,  # [B, L, D] in place of the ids' embeddings (soft thinking's)
+    thought_step=None,
 ) -> LatentOutput:
     """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
     positions ``[logits_from, L)`` (``last_only``: the last position only).
@@ -134,7 +135,8 @@ def latent_forward(
     or the cache is not an empty ``DynamicCache``. ``hidden_only``: ``hidden`` holds the last-layer hidden
     states of those positions and ``logits`` is None (for a caller that applies the head itself, in chunks).
     ``inputs_embeds``: the inputs, where they are not the ids' embeddings (soft thinking's mixtures); the ids
-    still decide which rows share a prefill, so there they must be the ids' embeddings.
+    still decide which rows share a prefill, so there they must be the ids' embeddings. ``thought_step``: what
+    runs the single-position thought steps in place of ``model`` (generation's compiled step).
     """
     exploration = exploration or NoExploration()
     embeds = model.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
@@ -168,7 +170,8 @@ def latent_forward(
         thought = exploration.thought(h, step)
         thoughts.append(torch.where(is_latent, thought, torch.zeros_like(thought)))
         x = torch.where(is_latent, thought, embeds[:, col])  # [B, D]
-        out = logits.run(model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1], cache, col, col + 1)
+        out = logits.run(thought_step or model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1],
+                         cache, col, col + 1)  # fmt: skip
         h = out.hidden_states[-1][:, -1]
     exploration.set_phase("answer")
     if last + 1 < L:
@@ -284,7 +287,8 @@ def generate(
     positions rounded up to a multiple of ``STATIC_BUCKET`` and a full-width attention mask, so every decoding
     step has the same shapes, and so do most batches of the same size (every row is prefilled and stays in the
     batch to the end). ``torch_compile``: the decoding step runs through ``torch.compile`` (shapes dynamic with
-    the dynamic cache; with the static cache static, and CUDA graphs on a GPU: ``mode="reduce-overhead"``).
+    the dynamic cache, the thought steps too; with the static cache static, and CUDA graphs on a GPU:
+    ``mode="reduce-overhead"``; the thought steps, whose mask widths differ, then run eagerly).
     """
     exploration = exploration or NoExploration()
     device, static = model.device, cache_implementation == "static"
@@ -300,7 +304,7 @@ def generate(
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache,
-                             share_prefill=True)  # fmt: skip
+                             share_prefill=True, thought_step=None if static else decode_step)  # fmt: skip
         cache, logits = out.past_key_values, out.logits[:, -1]
         finite = FiniteWatch(device)
         sync_every = sync_every or (1 if device.type == "cpu" else 8)
