@@ -150,6 +150,15 @@ def _chunk_logits(hw, weight, lo: int, chunk: int, temperature: float, banned, b
     return z / temperature if temperature > 0 and temperature != 1.0 else z
 
 
+def model_head_logps(model, hidden: torch.Tensor, ids: torch.Tensor, temperature: float):
+    """:func:`head_token_logps` through ``model``'s own LM head weight, its layout tokens banned (their logit the
+    constant ``NEVER_SAMPLED_LOGIT``, as the model's ban hook sets it)."""
+    from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
+    from latentrl.models.readout import unembedding
+
+    return head_token_logps(hidden, unembedding(model), ids, temperature, never_sampled_ids(model), NEVER_SAMPLED_LOGIT)
+
+
 def head_token_logps(hidden: torch.Tensor, weight: torch.Tensor, ids: torch.Tensor, temperature: float,
                      banned: tuple[int, ...] = (), banned_logit: float = -1e4,
                      chunk_elements: int = 1 << 22) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip

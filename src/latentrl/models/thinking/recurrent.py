@@ -28,9 +28,8 @@ class LatentForwardThinking:
         """``head``: the full policy, or an internal layer's (BuPO), read from the same forward. On a model whose
         logits are a plain ``hidden @ W^T`` the forward stops at the hidden states and the head runs here in
         vocabulary chunks (``head_token_logps``: no ``[B, T, V]`` tensor); otherwise the model's logits are read."""
-        from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
-        from latentrl.models.readout import plain_head, unembedding
-        from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out_hidden, token_logps
+        from latentrl.models.readout import plain_head
+        from latentrl.models.thinking.logprobs import LogProbs, model_head_logps, read_out_hidden, token_logps
 
         ids = torch.cat([record.prompt_ids, record.completion_ids], dim=1)  # [B, P+T]
         mask = torch.cat([record.prompt_mask, record.completion_mask], dim=1)  # [B, P+T]
@@ -40,8 +39,7 @@ class LatentForwardThinking:
             out = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1,
                                  share_prefill=head.full, hidden_only=chunked)  # BuPO's tap reads every row
         if chunked:  # [B, T, D]: the positions that chose each completion token
-            logps, entropy = head_token_logps(policy(out.hidden)[:, :-1], unembedding(model), record.completion_ids,
-                                              temperature, never_sampled_ids(model), NEVER_SAMPLED_LOGIT)  # fmt: skip
+            logps, entropy = model_head_logps(model, policy(out.hidden)[:, :-1], record.completion_ids, temperature)
         else:
             logps, entropy = token_logps(policy(out.logits)[:, :-1], record.completion_ids, temperature)  # [B, T, V] in
         return LogProbs(logps, entropy)

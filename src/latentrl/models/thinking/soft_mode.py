@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from latentrl.models.build import NEVER_SAMPLED_LOGIT, never_sampled_ids
-from latentrl.models.readout import FULL_POLICY, plain_head, unembedding
-from latentrl.models.thinking.logprobs import LogProbs, head_token_logps, read_out, read_out_hidden, selected_logps, token_logps
+from latentrl.models.readout import FULL_POLICY, plain_head
+from latentrl.models.thinking.logprobs import LogProbs, model_head_logps, read_out, read_out_hidden, selected_logps, token_logps
 from latentrl.models.thinking.soft import soft_forward, soft_generate, soft_step_logps
 
 
@@ -75,13 +74,12 @@ def _chunked_logps(model, hidden, record, temperature: float):
     """``hidden [B, T, D]`` -> ``(answer token logps [B, T], kept ids' logps [B, T, k], entropy [B, T])``: the
     answer tokens at ``temperature``, the soft steps' kept ids at the soft temperature, from one pass of the
     chunked head over the ``1 + k`` ids of each position when the two temperatures agree."""
-    W, banned, soft_T = unembedding(model), never_sampled_ids(model), record.soft.settings.temperature
-    ids, kept = record.completion_ids, record.soft.ids  # [B, T], [B, T, k]
+    ids, kept, soft_T = record.completion_ids, record.soft.ids, record.soft.settings.temperature  # [B, T], [B, T, k]
     if _effective(soft_T) == _effective(temperature):
-        logps, entropy = head_token_logps(hidden, W, torch.cat([ids[..., None], kept], -1), temperature, banned, NEVER_SAMPLED_LOGIT)
+        logps, entropy = model_head_logps(model, hidden, torch.cat([ids[..., None], kept], -1), temperature)
         return logps[..., 0], logps[..., 1:], entropy
-    answer, entropy = head_token_logps(hidden, W, ids, temperature, banned, NEVER_SAMPLED_LOGIT)
-    return answer, head_token_logps(hidden, W, kept, soft_T, banned, NEVER_SAMPLED_LOGIT)[0], entropy
+    answer, entropy = model_head_logps(model, hidden, ids, temperature)
+    return answer, model_head_logps(model, hidden, kept, soft_T)[0], entropy
 
 
 def _logits_logps(model, logits, record, temperature: float):
