@@ -2,7 +2,7 @@
 
     python benchmarks/bench_trl_grpo.py [--checkpoint DIR] [--prompts 8] [--generations 8] \
         [--max-completion-length 32] [--steps 6] [--pairs 3] [--loss-type dapo] [--scale-rewards none] \
-        [--trl-defaults] [--latentrl-compile [static|dynamic]] [--threads N] [--seed 0] \
+        [--trl-defaults] [--latentrl-compile [static|dynamic]] [--compile-update] [--threads N] [--seed 0] \
         [--out benchmarks/results/trl_grpo_step.json]
 
 Both sides train the same HF folder: ``--checkpoint`` (e.g. ``/tmp/latentrl_smollm2``) or, without it,
@@ -24,7 +24,10 @@ own defaults for memory, gradient checkpointing on and ``bf16`` autocast (latent
 float32, no checkpointing); not the same arithmetic, so it is reported apart from the matched ratio.
 ``--latentrl-compile``: latentrl decodes with ``torch_compile`` and ``cache_implementation=static`` (or, with
 ``--latentrl-compile dynamic``, its default dynamic cache, from which finished rows leave the batch); its first
-step, not timed, compiles; TRL is unchanged.
+step, not timed, compiles; TRL is unchanged. ``--compile-update``: both sides compile the training forward and
+backward, latentrl with ``torch_compile_update`` (its recomputation's model calls through ``torch.compile``,
+dynamic shapes) and TRL with ``torch_compile`` (HF Trainer's: the model of the loss through ``torch.compile``);
+the first, untimed step compiles.
 Not matched: the sampling streams (each side draws its own completions, hence the reported lengths),
 and on a checkpoint whose tokenizer lacks latentrl's three latent markers (SmolLM2) latentrl adds them
 (3 more embedding / head rows, initialised as eos's and banned from sampling: their logits are -1e4
@@ -97,6 +100,7 @@ def latentrl_config(spec: dict, output_dir: str):
         lr_scheduler_type="constant", max_grad_norm=1.0, seed=spec["seed"], logging_steps=1, save_steps=0,
         eval_steps=0, disable_tqdm=True, report_to=["jsonl"],
         **({"cache_implementation": spec["latentrl_compile"], "torch_compile": True} if spec.get("latentrl_compile") else {}),
+        torch_compile_update=bool(spec.get("compile_update")),
     )  # fmt: skip
 
 
@@ -170,7 +174,7 @@ def trl_args(spec: dict, output_dir: str):
         loss_type=spec["loss_type"], scale_rewards=spec["scale_rewards"], learning_rate=spec["learning_rate"],
         weight_decay=0.0, lr_scheduler_type="constant", warmup_steps=0, max_grad_norm=1.0, optim="adamw_torch",
         disable_dropout=True, shuffle_dataset=False, logging_steps=1, save_strategy="no", disable_tqdm=True,
-        remove_unused_columns=False, dataloader_num_workers=0,
+        remove_unused_columns=False, dataloader_num_workers=0, torch_compile=bool(spec.get("compile_update")),
     )  # fmt: skip
 
 
@@ -227,8 +231,9 @@ def run_trl(spec: dict, work: Path) -> dict:
     median = {k: statistics.median(v[1:]) for k, v in phases.items()}
     rest = [s - phases["generate_and_score"][i] - phases["compute_loss"][i] for i, s in enumerate(seconds, 1)]
     keys = ("generation_batch_size", "steps_per_generation", "gradient_accumulation_steps", "activation_checkpointing",
-            "bf16", "fp16", "scale_rewards", "loss_type", "optim", "top_k")  # fmt: skip
+            "bf16", "fp16", "scale_rewards", "loss_type", "optim", "top_k", "torch_compile")  # fmt: skip
     settings = {k: getattr(args, k) for k in keys} | {"model_dtype": str(trainer.model.dtype),
+                                                      "wrapped_model": type(trainer.model_wrapped).__name__,
                                                       "checkpointing": trainer.model.is_activation_checkpointing}
     return {"step_seconds": seconds, "cycle_seconds": [b - a for a, b in zip(timer.end, timer.end[1:])],
             "phases_median": median | {"rest": statistics.median(rest)}, "prompt_check": prompt_check,
@@ -342,6 +347,9 @@ def main() -> None:
     ap.add_argument("--latentrl-compile", nargs="?", const="static", choices=["static", "dynamic"],
                     help="latentrl decodes through torch_compile, with its static cache (default) or its dynamic one "
                          "(the first, untimed step compiles)")  # fmt: skip
+    ap.add_argument("--compile-update", action="store_true",
+                    help="both sides compile the training forward and backward (latentrl torch_compile_update, TRL "
+                         "torch_compile; the first, untimed step compiles)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="benchmarks/results/trl_grpo_step.json")
@@ -363,7 +371,7 @@ def main() -> None:
                 "max_completion_length": args.max_completion_length, "steps": args.steps, "loss_type": args.loss_type,
                 "scale_rewards": args.scale_rewards, "learning_rate": args.learning_rate, "threads": args.threads,
                 "seed": args.seed, "trl_defaults": args.trl_defaults,
-                "latentrl_compile": args.latentrl_compile}  # fmt: skip
+                "latentrl_compile": args.latentrl_compile, "compile_update": args.compile_update}  # fmt: skip
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         pairs = [run_pair(k, args.pairs, spec_path) for k in range(args.pairs)]

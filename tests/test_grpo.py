@@ -9,6 +9,7 @@ import torch
 from latentrl.cli import main
 from latentrl.exploration import make_exploration
 from latentrl.models import ThinkingConfig, build_tiny_model
+from latentrl.models.readout import FULL_POLICY, PolicyHead
 from latentrl.rollout import completion_logps
 from latentrl.tasks import load_examples
 from latentrl.train.grpo import GRPOConfig, make_rollout, rollout_seeds, update
@@ -227,3 +228,115 @@ def test_prompts_that_do_not_split_over_processes_are_a_clear_error(tmp_path, mo
 
         train_grpo(GRPOConfig(model_name_or_path="x", output_dir=str(tmp_path), num_generations=4, generation_batch_size=16,
                               per_device_train_batch_size=4))  # fmt: skip
+
+
+def compile_spy(monkeypatch, backend="aot_eager"):
+    """``torch.compile`` of ``latentrl.models.latent`` on ``backend`` (AOTAutograd's forward and backward graphs
+    run without a C++ build), recording whether gradients were on at each call of a compiled function."""
+    import latentrl.models.latent as latent
+
+    real, grad_modes = torch.compile, []
+
+    def spying_compile(fn, **kw):
+        compiled = real(fn, backend=backend, **kw)
+
+        def call(*a, **k):
+            assert torch._dynamo.config.recompile_limit == latent.RECOMPILE_LIMIT  # raised for every call
+            grad_modes.append(torch.is_grad_enabled())
+            return compiled(*a, **k)
+
+        return call
+
+    monkeypatch.setattr(latent.torch, "compile", spying_compile)
+    return grad_modes
+
+
+def three_valued_reward(prompts, completions, **kw):
+    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]
+
+
+def soft_discrete_model():
+    model, tok = build_tiny_model("llama", n_layer=2, n_embd=32, n_head=2, max_length=128, seed=3)
+    return model.eval(), tok, ThinkingConfig().with_soft(tok)
+
+
+def updated(model, tok, thinking, keys: dict, head):
+    """One ``update`` on a fresh rollout for each of eager and ``torch_compile_update``: ``[(metrics, grads)]``
+    (``grads``: parameter name -> gradient, summed over micro-batches; a parameter autograd never reached is
+    absent)."""
+    results = []
+    for compiled in (False, True):
+        cfg = GRPOConfig(model_name_or_path="x", num_generations=4, generation_batch_size=8, per_device_train_batch_size=4,
+                         max_completion_length=8, torch_compile_update=compiled, **keys)  # fmt: skip
+        r, exploration = rollout_of(cfg, model, tok, thinking, n_prompts=2, rewards=(three_valued_reward,))
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
+        grads = {}
+        handles = [p.register_hook(lambda g, n=n: grads.__setitem__(n, grads.get(n, 0) + g)) for n, p in model.named_parameters()]
+        metrics = update(model, r, cfg, exploration, opt, sched, head=head)
+        for h in handles:
+            h.remove()
+        results.append((metrics, grads))
+    return results
+
+
+@pytest.mark.parametrize("case", ["coconut_dropout", "soft_gumbel"])
+def test_the_compiled_update_computes_what_the_eager_one_does(monkeypatch, case):
+    """``torch_compile_update`` runs the update's forward (and so its backward) through ``torch.compile``: the
+    same loss, gradient norm and gradients as the eager update, for Coconut under a replayed dropout mask on
+    every site and SofT-GRPO's Gumbel log-density (default clamp) on a Llama."""
+    grad_modes = compile_spy(monkeypatch)
+    if case == "soft_gumbel":
+        model, tok, thinking = soft_discrete_model()
+        keys = {"exploration": "gumbel", "thinking_mode": "soft"}
+    else:
+        model, tok, thinking = tiny_coconut()
+        keys = {"exploration": "dropout", "dropout_p": 0.3, "dropout_sites": ["mlp", "attn", "thought"],
+                "dropout_cover_answer": True}  # fmt: skip
+    (eager, eager_grads), (ours, our_grads) = updated(model, tok, thinking, keys, FULL_POLICY)
+    assert grad_modes and all(grad_modes)  # the compiled forward ran, with gradients, only in the compiled update
+    assert eager["grad_norm"] > 0
+    for key in ("loss", "grad_norm", "entropy"):
+        assert ours[key] == pytest.approx(eager[key], rel=1e-5, abs=1e-7), key
+    assert our_grads.keys() == eager_grads.keys()
+    for name in eager_grads:
+        torch.testing.assert_close(our_grads[name], eager_grads[name], atol=1e-6, rtol=1e-4, msg=name)
+
+
+def test_bupo_phase_1_updates_eagerly_so_the_layers_above_get_no_gradient(monkeypatch):
+    """In BuPO's phase 1 on a discrete model the blocks above layer l never reach the loss: eager autograd leaves
+    their gradients None, which AdamW skips; a compiled backward would return zeros, which AdamW would step
+    (moments, weight decay). So ``torch_compile_update`` leaves phase 1 eager, and its gradients are the eager ones."""
+    grad_modes = compile_spy(monkeypatch)
+    model, tok = build_tiny_model("gpt2", n_layer=3, n_embd=32, n_head=2, max_length=128, seed=0)
+    (eager, eager_grads), (ours, our_grads) = updated(model.eval(), tok, ThinkingConfig.from_tokenizer(tok, "discrete"),
+                                                      {"exploration": "none"}, PolicyHead(1))  # fmt: skip
+    assert not any(grad_modes)  # nothing compiled ran with gradients
+    assert our_grads.keys() == eager_grads.keys() and not any(k.startswith(("transformer.h.1.", "transformer.h.2."))
+                                                              for k in eager_grads)  # fmt: skip
+    assert ours["grad_norm"] == eager["grad_norm"] > 0
+
+
+def test_grpo_with_a_compiled_update_logs_what_an_eager_run_logs(tmp_path, monkeypatch):
+    """Through the CLI: ``torch_compile_update=true`` with old log-probs (two iterations) and a KL reference, both
+    recomputed through the compiled forward without gradients, logs the eager run's numbers."""
+    from latentrl.train.run import read_log
+
+    grad_modes = compile_spy(monkeypatch)
+    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
+                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
+    monkeypatch.syspath_prepend(str(tmp_path))
+    sft = tmp_path / "sft"
+    assert main(["sft", f"output_dir={sft}", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=32",
+                 "per_device_train_batch_size=16", "disable_tqdm=true", "task_kwargs={num_steps: 2}", "mode=cot",
+                 "num_train_epochs=1", "save_steps=0"]) == 0  # fmt: skip
+    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
+              "per_device_train_batch_size=4", "max_completion_length=8", "task_kwargs={num_steps: 2}", "disable_tqdm=true",
+              "max_steps=2", "save_steps=0", "num_iterations=2", "beta=0.04", "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    logs = {}
+    for compiled in ("false", "true"):
+        assert main(["grpo", f"output_dir={tmp_path / compiled}", *common, f"torch_compile_update={compiled}"]) == 0
+        logs[compiled] = [r[k] for r in read_log(tmp_path / compiled / "log.jsonl") for k in ("loss", "kl", "grad_norm")]
+    assert False in grad_modes and True in grad_modes  # old / reference log-probs, and the update
+    assert logs["true"] == pytest.approx(logs["false"], rel=1e-4, abs=1e-7)
+    assert all(v != 0 for v in logs["false"])

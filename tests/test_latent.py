@@ -448,7 +448,7 @@ def test_a_static_cache_is_reused_and_a_deep_copy_compiles_its_own_step(monkeypa
     monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: fn)
     twin = copy.deepcopy(model)
     assert latent.compiled_step(model, True) is latent.compiled_step(model, True)
-    assert latent.compiled_step(twin, True).__self__ is twin  # bound to the copy's forward, not the original's
+    assert latent.compiled_step(twin, True).__wrapped__.__self__ is twin  # bound to the copy's forward, not the original's
 
 
 def test_an_exploration_source_without_select_rows_keeps_its_rows():

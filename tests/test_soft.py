@@ -55,6 +55,31 @@ def test_soft_token_logprob_matches_a_naive_reimplementation(reduce, clamp, min_
     torch.testing.assert_close(got.double(), want, atol=1e-6, rtol=1e-6)
 
 
+@pytest.mark.parametrize("bound", [-1.5, 3.0])
+def test_a_draw_clamped_when_recorded_passes_its_gradient_whatever_the_rounding(bound):
+    """A recorded draw the sampler clamped recomputes to z on the clamp's bound up to rounding: z a few ulps
+    inside, on or outside the bound gives the same value (within ON_BOUND) and the same gradient, the one the
+    exact arithmetic gives (the clamp's derivative is 1 on its bound); a z clearly outside is clamped, no gradient."""
+    from latentrl.models.thinking.soft import ON_BOUND, soft_logprob
+
+    logp = torch.log(torch.tensor([[0.7, 0.3]], dtype=torch.float64))  # p^ = p: the ids are all that is kept
+    grads, values = [], []
+    for shift in (-3e-7, 0.0, 3e-7, 0.2 if bound > 0 else -0.2):  # the last one clearly outside the range
+        lp = logp.clone().requires_grad_(True)
+        noisy = torch.log(torch.tensor([0.7, 0.3], dtype=torch.float64) + 1e-6) + torch.tensor([bound + shift, 0.5])
+        value = soft_logprob(lp, noisy[None], clamp=(-1.5, 3.0), min_logp=None)
+        value.sum().backward()
+        grads.append(lp.grad.clone())
+        values.append(float(value))
+    on_bound = -bound - math.exp(-bound)
+    want = (on_bound - 0.5 - math.exp(-0.5)) / 2
+    assert values[:3] == pytest.approx([want] * 3, abs=ON_BOUND)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)  # z moved by 3e-7: its own slope only
+    torch.testing.assert_close(grads[2], grads[1], rtol=1e-5, atol=1e-6)
+    assert values[3] == pytest.approx(want, abs=1e-6)  # clamped onto the bound ...
+    assert not torch.allclose(grads[3], grads[1])  # ... where the clamped id's gradient stops
+
+
 def test_top_k_then_top_p_by_hand():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     idx, p, _ = filter_top_k_top_p(logits, k=3, top_p=0.75)
@@ -340,9 +365,7 @@ def _soft_rollouts(family, G=3, model_and_tokenizer=None, **keys):
     gen = decode(model, tok, thinking, prompts_of(tok), GumbelExploration(0.5), num_generations=G, temperature=1.0,
                  seeds=torch.arange(3 * G) + 7, generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert gen.soft.soft_mask.any() and (~gen.soft.soft_mask & gen.completion_mask.bool()).any()
-    # without the clamp of z: where the recorded noise was clamped, z sits on the clamp's bound and whether its
-    # gradient passes is decided by rounding (a property of the formula, not of either computation)
-    gen.soft.settings = dataclasses.replace(gen.soft.settings, logprob_clamp=None)
+    assert gen.soft.settings.logprob_clamp is not None  # the default clamp of z, which draws on its bounds meet
     return model, gen
 
 
@@ -374,7 +397,7 @@ def test_the_soft_recomputation_with_a_shared_prefill_and_the_chunked_head_equal
     logits = soft_completion_logits(model, gen.prompt_ids, gen.prompt_mask, gen.completion_ids, gen.completion_mask, s)
     answer = torch.log_softmax(logits, -1).gather(-1, gen.completion_ids[..., None]).squeeze(-1)
     noisy = s.noisy_logits.masked_fill(~s.soft_mask[..., None], float("-inf")).reshape(B * T, -1)
-    steps = soft_token_logprob(logits.reshape(B * T, -1), s.ids.reshape(B * T, -1), noisy, soft_temperature, clamp=None)
+    steps = soft_token_logprob(logits.reshape(B * T, -1), s.ids.reshape(B * T, -1), noisy, soft_temperature)
     steps = steps.view(B, T)
     want = torch.where(s.soft_mask, steps, answer)
     (want * gen.completion_mask).sum().backward()

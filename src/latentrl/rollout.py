@@ -189,9 +189,9 @@ def replaying_mode(record):
 
 
 def completion_logps(model, r: Rollout, exploration: Exploration, temperature: float = 1.0,
-                     head: PolicyHead = FULL_POLICY) -> LogProbs:  # fmt: skip
+                     head: PolicyHead = FULL_POLICY, forward=None) -> LogProbs:  # fmt: skip
     """Log-probs of the completion positions given the prompt and the thinking replayed from the record
     (latent trajectory under the recorded noise, or the soft steps' recorded inputs), under ``head``'s
     policy (the full one, or an internal layer's: BuPO); gradients flow through the latent trajectory,
-    not through the soft mixtures."""
-    return replaying_mode(r).completion_logps(model, r, exploration, temperature, head)
+    not through the soft mixtures. ``forward``: what runs the model's calls (``compiled_step``; None: ``model``)."""
+    return replaying_mode(r).completion_logps(model, r, exploration, temperature, head, forward)

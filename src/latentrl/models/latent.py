@@ -12,6 +12,7 @@ at a latent column, a row without a latent there just feeds its token embedding.
 
 from __future__ import annotations
 
+import functools
 import weakref
 from dataclasses import dataclass, fields
 
@@ -51,6 +52,11 @@ class LatentOutput:
 SHAREABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, ReservedLayer)  # layers whose rows batch_select_indices copies whole
 SHARE_AT_LEAST = 0.1  # a shared prefill must save this fraction of the forward's positions
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
+# graphs one compiled forward may keep (torch's default, 8, is per code object, which every model of a class
+# shares): a Coconut + dropout GRPO run compiling decoding and update needs about 10 (grad on / off, calls of
+# one position, which torch specialises, or of many, hooks on / off, a first call filling an empty cache, the
+# reference model); past the limit torch silently runs the rest eagerly
+RECOMPILE_LIMIT = 64
 
 
 def _step(model, embeds, attention_mask, position_ids, cache, keep: int | None):
@@ -117,6 +123,7 @@ def latent_forward(
     hidden_only: bool = False,
     inputs_embeds: torch.Tensor | None = None,  # [B, L, D] in place of the ids' embeddings (soft thinking's)
     thought_step=None,
+    forward=None,
 ) -> LatentOutput:
     """Forward with continuous thoughts; gradients flow through every thought. ``logits`` covers the
     positions ``[logits_from, L)`` (``last_only``: the last position only).
@@ -135,10 +142,12 @@ def latent_forward(
     or the cache is not an empty ``DynamicCache``. ``hidden_only``: ``hidden`` holds the last-layer hidden
     states of those positions and ``logits`` is None (for a caller that applies the head itself, in chunks).
     ``inputs_embeds``: the inputs, where they are not the ids' embeddings (soft thinking's mixtures); the ids
-    still decide which rows share a prefill, so there they must be the ids' embeddings. ``thought_step``: what
-    runs the single-position thought steps in place of ``model`` (generation's compiled step).
+    still decide which rows share a prefill, so there they must be the ids' embeddings. ``forward``: what runs
+    the model calls in place of ``model`` (the update's compiled forward, :func:`compiled_step`); ``thought_step``
+    (default ``forward``): what runs the single-position thought steps (generation's compiled decoding step).
     """
     exploration = exploration or NoExploration()
+    call = forward or model
     embeds = model.get_input_embeddings()(input_ids) if inputs_embeds is None else inputs_embeds  # [B, L, D]
     positions = position_ids_from_mask(attention_mask)
     cache = DynamicCache(config=model.config) if cache is None else cache
@@ -151,10 +160,10 @@ def latent_forward(
         if shared is None and isinstance(exploration, NoExploration):
             split = L  # nothing differs between the phases: one call
         exploration.set_phase("prefill")
-        _prefill(model, logits, embeds, attention_mask, positions, cache, split, shared)
+        _prefill(call, logits, embeds, attention_mask, positions, cache, split, shared)
         if split < L:
             exploration.set_phase("answer")
-            logits.run(model, embeds[:, split:], attention_mask, positions[:, split:], cache, split, L)
+            logits.run(call, embeds[:, split:], attention_mask, positions[:, split:], cache, split, L)
         return logits.output(cache)
     first, last = int(columns[0]), int(columns[-1])
     if first == 0:
@@ -162,7 +171,7 @@ def latent_forward(
 
     exploration.set_phase("prefill")
     shared = _shared_rows(input_ids, attention_mask, first, exploration, cache) if share_prefill else None
-    h = _prefill(model, logits, embeds, attention_mask, positions, cache, first, shared)  # [B, D]
+    h = _prefill(call, logits, embeds, attention_mask, positions, cache, first, shared)  # [B, D]
     thoughts = []
     for step, col in enumerate(range(first, last + 1)):
         exploration.set_phase("latent", step)
@@ -170,12 +179,12 @@ def latent_forward(
         thought = exploration.thought(h, step)
         thoughts.append(torch.where(is_latent, thought, torch.zeros_like(thought)))
         x = torch.where(is_latent, thought, embeds[:, col])  # [B, D]
-        out = logits.run(thought_step or model, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1],
+        out = logits.run(thought_step or call, x[:, None], attention_mask[:, : col + 1], positions[:, col : col + 1],
                          cache, col, col + 1)  # fmt: skip
         h = out.hidden_states[-1][:, -1]
     exploration.set_phase("answer")
     if last + 1 < L:
-        logits.run(model, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last + 1, L)
+        logits.run(call, embeds[:, last + 1 :], attention_mask, positions[:, last + 1 :], cache, last + 1, L)
     return logits.output(cache, torch.stack(thoughts, dim=1), torch.arange(first, last + 1))
 
 
@@ -351,12 +360,22 @@ def compiled_step(model: PreTrainedModel, static: bool):
     """The model's forward through ``torch.compile``, built once per model, device and cache kind (kept beside
     the model, not on it, so that a deep copy compiles its own): with a static cache the shapes never change,
     so on CUDA it records CUDA graphs (``reduce-overhead``); with the dynamic cache the length is marked
-    dynamic. Hooks installed on the model (dropout sites, the layout-token ban) are traced with it."""
+    dynamic. Hooks installed on the model (dropout sites, the layout-token ban) are traced with it. The
+    dynamic one is also the update's forward (GRPO's ``torch_compile_update``): with gradients on, the same
+    function compiles a graph of its own, forward and backward. Its calls may keep up to ``RECOMPILE_LIMIT``
+    graphs (see there)."""
     steps = _COMPILED.setdefault(model, {})
     key = (static, model.device.type)
     if key not in steps:
         mode = "reduce-overhead" if static and model.device.type == "cuda" else None
-        steps[key] = torch.compile(model.forward, mode=mode, dynamic=not static)
+        compiled = torch.compile(model.forward, mode=mode, dynamic=not static)
+
+        @functools.wraps(compiled)  # __wrapped__: the compiled forward
+        def step(*args, **kwargs):
+            with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+                return compiled(*args, **kwargs)
+
+        steps[key] = step
     return steps[key]
 
 

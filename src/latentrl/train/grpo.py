@@ -23,6 +23,7 @@ from accelerate.utils import set_seed
 
 from latentrl.exploration import make_exploration
 from latentrl.losses import group_advantages, policy_loss
+from latentrl.models.latent import compiled_step
 from latentrl.models.layout import check_fits_context, encode_prompt, model_context_length
 from latentrl.models.readout import FULL_POLICY, PolicyHead, ReadoutTap
 from latentrl.models.thinking import thinking_mode
@@ -132,6 +133,14 @@ def keep_informative_groups(rollout: Rollout, G: int) -> Rollout:
     return rollout.select(rows)
 
 
+def update_forward(model, cfg: GRPOConfig, head=FULL_POLICY):
+    """What runs the model's calls in the log-prob recomputations: its forward through ``torch.compile``
+    (dynamic shapes) with ``torch_compile_update``, else the model itself (None). BuPO's phase 1 (an internal
+    layer's policy) stays eager: the layers above it get no gradient, which a compiled backward returns as
+    zeros instead of None, and AdamW steps a parameter whose gradient is zero (its moments, its decay)."""
+    return compiled_step(model, static=False) if cfg.torch_compile_update and head.full else None
+
+
 def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, scheduler, accelerator=None,
            step: int = 0, head=FULL_POLICY) -> dict[str, float]:  # fmt: skip
     """Step 5: ``num_iterations`` clipped-GRPO updates on the rollout (micro-batched).
@@ -143,6 +152,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
     rows were all dropped: the collectives must match. Returned metrics are global.
     """
     world, mb, rows = accelerator.num_processes if accelerator else 1, cfg.per_device_train_batch_size, len(rollout.seeds)
+    forward = update_forward(model, cfg, head)
     n_rows, n_tokens = common.sum_over_processes([rows, int(rollout.action_mask.sum())], accelerator)
     B, tokens = max(1, int(n_rows)), torch.tensor(max(1.0, n_tokens))
     metrics: dict[str, float] = {}
@@ -152,7 +162,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
             part = rollout.select(slice(start, start + mb))
             t = time.perf_counter()
             with autocast(accelerator):
-                lp = completion_logps(model, part, exploration, cfg.temperature, head)
+                lp = completion_logps(model, part, exploration, cfg.temperature, head, forward)
             timings["time/logprob"] += time.perf_counter() - t
             loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.action_mask, part.ref_logps,
                                   cfg.beta, cfg.epsilon, cfg.epsilon_high, cfg.loss_type, cfg.importance_sampling_level,
@@ -192,9 +202,12 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
         return
     with autocast(accelerator):
         if cfg.num_iterations > 1:
-            rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature, head).logps for p in parts])
+            forward = update_forward(model, cfg, head)
+            rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature, head, forward).logps
+                                           for p in parts])  # fmt: skip
         if ref_model is not None:
-            rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature, head).logps
+            forward = update_forward(ref_model, cfg, head)
+            rollout.ref_logps = torch.cat([completion_logps(ref_model, p, exploration, cfg.temperature, head, forward).logps
                                            for p in parts])  # fmt: skip
 
 

@@ -62,6 +62,10 @@ class GRPOConfig(ThinkingArgs, EngineArgs, ExplorationArgs, DataArgs, OptimizerA
     top_p: float = Field(1.0, gt=0, le=1, description="Answer nucleus.")
     max_completion_length: int = Field(32, ge=1, description="Completion length cap.")
     mask_truncated_completions: bool = Field(False, description="Drop completions without eos.")
+    torch_compile_update: bool = Field(
+        False, description="Run the update's log-prob forward and its backward through torch.compile (dynamic shapes; "
+                           "the first step compiles, a minute or more on a CPU). torch_compile covers decoding.",
+    )  # fmt: skip
     skip_zero_std_groups: bool = Field(False, description="Drop groups whose rewards are all equal.")
     eval_steps: int = Field(0, ge=0, description="Greedy validation accuracy every N steps (0: off).")
     bupo_layer: int | None = Field(

@@ -48,7 +48,8 @@ RUN_FILE, LOCK_FILE, LOG_FILE = "run.json", ".lock", "log.jsonl"
 # keys that change how a run reports, never what it computes: a rerun may change them freely
 REPORTING_KEYS = ("output_dir", "overwrite_output_dir", "resume_from_checkpoint", "disable_tqdm", "report_to",
                   "logging_steps", "save_steps", "save_total_limit",
-                  "compact_at", "cache_implementation", "torch_compile")  # fmt: skip  (the engine's: same tokens)
+                  "compact_at", "cache_implementation", "torch_compile",  # the engine's: the same tokens
+                  "torch_compile_update")  # fmt: skip  (the same update, within float rounding)
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 

@@ -34,9 +34,10 @@ class ThinkingMode(Protocol):
     def generate(self, model, prompts: list[list[int]], thinking, *, exploration, **decode):
         """Roll out ``prompts`` (token ids): thinking, then answer decoding -> ``Generation``."""
 
-    def completion_logps(self, model, record, exploration, temperature: float):
-        """Log-probs ``[B, T]`` of every completion position under ``model``, thinking steps replayed
-        from the record -> ``LogProbs``."""
+    def completion_logps(self, model, record, exploration, temperature: float, head, forward=None):
+        """Log-probs ``[B, T]`` of every completion position under ``model`` (``head``'s policy: the full one or
+        an internal layer's), thinking steps replayed from the record -> ``LogProbs``; ``forward`` runs the
+        model's calls in place of ``model`` (the update's compiled forward)."""
 
     def loss_mask(self, record, exploration) -> torch.Tensor:
         """``[B, T]`` the completion positions that are actions of the policy."""

@@ -24,10 +24,11 @@ class LatentForwardThinking:
     def generate(self, model, prompts, thinking, *, exploration, **decode):
         return generate(model, prompts, latent_token_id=thinking.latent_token_id, exploration=exploration, **decode)
 
-    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
+    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY, forward=None):
         """``head``: the full policy, or an internal layer's (BuPO), read from the same forward. On a model whose
         logits are a plain ``hidden @ W^T`` the forward stops at the hidden states and the head runs here in
-        vocabulary chunks (``head_token_logps``: no ``[B, T, V]`` tensor); otherwise the model's logits are read."""
+        vocabulary chunks (``head_token_logps``: no ``[B, T, V]`` tensor); otherwise the model's logits are read.
+        ``forward``: what runs the model's calls (the compiled forward; None: ``model``)."""
         from latentrl.models.readout import plain_head
         from latentrl.models.thinking.logprobs import LogProbs, model_head_logps, read_out_hidden, token_logps
 
@@ -37,7 +38,7 @@ class LatentForwardThinking:
         P, chunked = record.prompt_ids.shape[1], plain_head(model)
         with exploration.session(model, record.seeds), (read_out_hidden if chunked else read_out)(model, head) as policy:
             out = latent_forward(model, ids, mask, latent, exploration, prompt_len=P, logits_from=P - 1,
-                                 share_prefill=head.full, hidden_only=chunked)  # BuPO's tap reads every row
+                                 share_prefill=head.full, hidden_only=chunked, forward=forward)  # BuPO's tap reads every row
         if chunked:  # [B, T, D]: the positions that chose each completion token
             logps, entropy = model_head_logps(model, policy(out.hidden)[:, :-1], record.completion_ids, temperature)
         else:

@@ -32,6 +32,7 @@ import torch
 from latentrl.errors import FiniteWatch
 
 EPS = 1e-6  # the reference's log(p + 1e-6)
+ON_BOUND = 1e-4  # |z - bound| below this: a draw clamped when recorded, on the bound up to float rounding
 
 
 # ---------------------------------------------------------------------------------------------- the math
@@ -79,20 +80,26 @@ def soft_logprob(
     """Log-density of a soft thinking step's recorded Gumbel noise, from the kept ids' log-probs::
 
         p^_i = softmax(logits / T) renormalised over the recorded ids
-        z_i  = clamp(g'_i - log(p^_i + 1e-6), lo, hi)        (``clamp=None``: no clamp)
+        z_i  = clamp(g'_i - log(p^_i + 1e-6), lo, hi)        (``clamp=None``: no clamp; see below)
         l_i  = -z_i - exp(-z_i)                              (the Gumbel(0, 1) log-density at z_i)
         log pi(step) = mean (``reduce="sum"``: sum) of l_i over the ids with log p^_i > min_logp
                        (``min_logp=None``: every recorded id)
 
     Gradients reach theta through p^. A step with no id left by the filter has log-prob 0. The ``[..., k]``
     arithmetic runs in float64 (exp(-z) is steep without the clamp); the result is float32.
+
+    A draw the sampler clamped (about 6% of the kept ids) recomputes, under the sampling weights, to z on the
+    bound up to float rounding; in exact arithmetic the clamp passes its gradient there. So a z within
+    ``ON_BOUND`` of a bound is kept as it is, so that rounding (a compiled forward, another batch shape or
+    thread count) cannot decide whether the gradient passes; the value moves by less than ``ON_BOUND``.
     """
     kept = torch.isfinite(noisy_logits)  # [..., k]
     log_p_hat = torch.log_softmax(logp.double().masked_fill(~kept, float("-inf")), dim=-1)  # [..., k]
     z = noisy_logits.double() - torch.log(log_p_hat.exp() + EPS)  # [..., k]
     z = torch.where(kept, z, 0.0)  # a dropped id's -inf would make l = inf - inf, NaN in the backward
     if clamp is not None:
-        z = z.clamp(*clamp)
+        lo, hi = clamp
+        z = torch.where((z > lo - ON_BOUND) & (z < hi + ON_BOUND), z, z.clamp(lo, hi))
     ell = -z - torch.exp(-z)  # [..., k]
     use = kept if min_logp is None else kept & (log_p_hat > min_logp)  # [..., k]
     total = torch.where(use, ell, torch.zeros_like(ell)).sum(-1)  # [...]
@@ -269,11 +276,12 @@ class _LoopState:
 
 
 def soft_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace, *,
-                 logits_from: int, share_prefill: bool = False, hidden_only: bool = False):  # fmt: skip
+                 logits_from: int, share_prefill: bool = False, hidden_only: bool = False, forward=None):  # fmt: skip
     """The teacher-forced forward over prompt + completion with the soft steps' inputs rebuilt from the record
     and detached (the inputs no longer depend on the outputs, so one forward gives every step's logits):
     ``latent_forward``'s output for positions ``[logits_from, P+T)``. ``share_prefill``: the rows of one
-    prompt run it once (the caller promises that no hook reads the prompt's per-row activations)."""
+    prompt run it once (the caller promises that no hook reads the prompt's per-row activations). ``forward``:
+    what runs the model's calls (None: ``model``)."""
     from latentrl.models.latent import latent_forward
 
     embed = model.get_input_embeddings()
@@ -285,7 +293,7 @@ def soft_forward(model, prompt_ids, prompt_mask, completion_ids, completion_mask
     x = torch.cat([x[:, :P], torch.where(trace.soft_mask[..., None], mix, x[:, P:])], dim=1)
     return latent_forward(model, ids, mask, torch.zeros_like(ids, dtype=torch.bool), prompt_len=P,
                           logits_from=logits_from, share_prefill=share_prefill, hidden_only=hidden_only,
-                          inputs_embeds=x)  # fmt: skip
+                          inputs_embeds=x, forward=forward)  # fmt: skip
 
 
 def soft_completion_logits(model, prompt_ids, prompt_mask, completion_ids, completion_mask, trace: SoftTrace,

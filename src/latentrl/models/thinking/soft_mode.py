@@ -44,15 +44,15 @@ class SoftThinking:
         return Generation(prompt_ids, prompt_mask, no_latent, tokens, (~after_eos).long(), logps.masked_fill(after_eos, 0.0),
                           ~is_eos.any(1), None, seeds, soft=trace)  # fmt: skip
 
-    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY):
+    def completion_logps(self, model, record, exploration, temperature: float, head=FULL_POLICY, forward=None):
         """One forward over prompt + completion (the soft inputs rebuilt from the record), the rows of a prompt
         sharing its prefill for the full policy; on a plain head the forward stops at the hidden states and the
         head runs in vocabulary chunks for the answer tokens and the soft steps' kept ids (``head_token_logps``:
-        no ``[B, T, V]`` tensor), else the model's logits are read."""
+        no ``[B, T, V]`` tensor), else the model's logits are read. ``forward``: what runs the model's calls."""
         soft, P, chunked = record.soft, record.prompt_ids.shape[1], plain_head(model)
         with (read_out_hidden if chunked else read_out)(model, head) as policy:
             out = soft_forward(model, record.prompt_ids, record.prompt_mask, record.completion_ids, record.completion_mask,
-                               soft, logits_from=P - 1, share_prefill=head.full, hidden_only=chunked)  # fmt: skip
+                               soft, logits_from=P - 1, share_prefill=head.full, hidden_only=chunked, forward=forward)  # fmt: skip
         read = _chunked_logps if chunked else _logits_logps  # [B, T]: the positions that chose each step
         answer, kept, entropy = read(model, policy(out.hidden if chunked else out.logits)[:, :-1], record, temperature)
         return LogProbs(torch.where(soft.soft_mask, soft_step_logps(kept, soft), answer), entropy)
