@@ -451,6 +451,27 @@ def test_a_static_cache_is_reused_and_a_deep_copy_compiles_its_own_step(monkeypa
     assert latent.compiled_step(twin, True).__wrapped__.__self__ is twin  # bound to the copy's forward, not the original's
 
 
+def test_a_compiled_call_raises_the_recompile_limit_and_restores_it_even_when_it_fails(monkeypatch):
+    from latentrl.models import latent
+
+    config, seen = torch._dynamo.config, []
+
+    def failing(*args, **kwargs):
+        seen.append(getattr(config, latent._LIMIT_NAME))
+        raise RuntimeError("compiled forward failed")
+
+    monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: failing)
+    model, _ = tiny("gpt2")
+    before = getattr(config, latent._LIMIT_NAME)
+    setattr(config, latent._LIMIT_NAME, 3)  # a user's lower limit (monkeypatch cannot undo a config module's)
+    try:
+        with pytest.raises(RuntimeError, match="compiled forward failed"):
+            latent.compiled_step(model, False)(input_ids=torch.zeros(1, 2, dtype=torch.long))
+        assert seen == [latent.RECOMPILE_LIMIT] and getattr(config, latent._LIMIT_NAME) == 3
+    finally:
+        setattr(config, latent._LIMIT_NAME, before)
+
+
 def test_an_exploration_source_without_select_rows_keeps_its_rows():
     """A user's source written to the older protocol (no ``select_rows``): decoding keeps every row."""
     model, prompts, decode = _early_ending(1.0)

@@ -12,7 +12,6 @@ at a latent column, a row without a latent there just feeds its token embedding.
 
 from __future__ import annotations
 
-import functools
 import weakref
 from dataclasses import dataclass, fields
 
@@ -53,10 +52,13 @@ SHAREABLE_LAYERS = (DynamicLayer, DynamicSlidingWindowLayer, ReservedLayer)  # l
 SHARE_AT_LEAST = 0.1  # a shared prefill must save this fraction of the forward's positions
 STATIC_BUCKET = 64  # static cache widths are multiples of this, so that a compiled step is reused across batches
 # graphs one compiled forward may keep (torch's default, 8, is per code object, which every model of a class
-# shares): a Coconut + dropout GRPO run compiling decoding and update needs about 10 (grad on / off, calls of
-# one position, which torch specialises, or of many, hooks on / off, a first call filling an empty cache, the
-# reference model); past the limit torch silently runs the rest eagerly
+# shares): a Coconut + dropout GRPO run compiling decoding and update needed 19 (grad on / off, calls of one
+# position, which torch specialises, or of many, hooks on / off, a first call filling an empty cache, the
+# reference model, a batch of one row); past the limit torch runs the rest eagerly, after one warning. Our
+# compiled calls run under max(the user's limit, this); a lower limit a user set holds everywhere else
 RECOMPILE_LIMIT = 64
+# the limit's name: recompile_limit from torch 2.7, cache_size_limit before
+_LIMIT_NAME = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
 
 
 def _step(model, embeds, attention_mask, position_ids, cache, keep: int | None):
@@ -370,15 +372,16 @@ def compiled_step(model: PreTrainedModel, static: bool):
         mode = "reduce-overhead" if static and model.device.type == "cuda" else None
         compiled = torch.compile(model.forward, mode=mode, dynamic=not static)
 
-        @functools.wraps(compiled)  # __wrapped__: the compiled forward
         def step(*args, **kwargs):
             config = torch._dynamo.config  # set and restored by hand: its patch() costs ~90 us a call, this ~3
-            limit, config.recompile_limit = config.recompile_limit, max(config.recompile_limit, RECOMPILE_LIMIT)
+            limit = getattr(config, _LIMIT_NAME)
+            setattr(config, _LIMIT_NAME, max(limit, RECOMPILE_LIMIT))
             try:
                 return compiled(*args, **kwargs)
             finally:
-                config.recompile_limit = limit
+                setattr(config, _LIMIT_NAME, limit)
 
+        step.__wrapped__ = compiled  # the compiled forward (tests read it)
         steps[key] = step
     return steps[key]
 

@@ -137,7 +137,8 @@ def update_forward(model, cfg: GRPOConfig, head=FULL_POLICY):
     """What runs the model's calls in the log-prob recomputations: its forward through ``torch.compile``
     (dynamic shapes) with ``torch_compile_update``, else the model itself (None). BuPO's phase 1 (an internal
     layer's policy) stays eager: the layers above it get no gradient, which a compiled backward returns as
-    zeros instead of None, and AdamW steps a parameter whose gradient is zero (its moments, its decay)."""
+    zeros instead of None, and AdamW steps a parameter whose gradient is zero (its step count, so its bias
+    correction, and its weight decay)."""
     return compiled_step(model, static=False) if cfg.torch_compile_update and head.full else None
 
 

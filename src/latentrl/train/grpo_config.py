@@ -64,7 +64,8 @@ class GRPOConfig(ThinkingArgs, EngineArgs, ExplorationArgs, DataArgs, OptimizerA
     mask_truncated_completions: bool = Field(False, description="Drop completions without eos.")
     torch_compile_update: bool = Field(
         False, description="Run the update's log-prob forward and its backward through torch.compile (dynamic shapes; "
-                           "the first step compiles, a minute or more on a CPU). torch_compile covers decoding.",
+                           "the first step compiles: seconds to minutes on a CPU, which needs a C++ compiler). "
+                           "torch_compile covers decoding.",
     )  # fmt: skip
     skip_zero_std_groups: bool = Field(False, description="Drop groups whose rewards are all equal.")
     eval_steps: int = Field(0, ge=0, description="Greedy validation accuracy every N steps (0: off).")

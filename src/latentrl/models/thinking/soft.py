@@ -90,8 +90,10 @@ def soft_logprob(
 
     A draw the sampler clamped (about 6% of the kept ids) recomputes, under the sampling weights, to z on the
     bound up to float rounding; in exact arithmetic the clamp passes its gradient there. So a z within
-    ``ON_BOUND`` of a bound is kept as it is, so that rounding (a compiled forward, another batch shape or
-    thread count) cannot decide whether the gradient passes; the value moves by less than ``ON_BOUND``.
+    ``ON_BOUND`` of a bound is kept as it is, so that float32 rounding (a compiled forward, another batch shape
+    or thread count: about 1e-6) cannot decide whether the gradient passes; z moves by less than ``ON_BOUND``
+    and l_i by at most (e^1.5 - 1) ``ON_BOUND``. Under bf16 / fp16 autocast the recomputed logits differ from the
+    rollout's by about 1e-2, and rounding still decides for the on-bound draws there.
     """
     kept = torch.isfinite(noisy_logits)  # [..., k]
     log_p_hat = torch.log_softmax(logp.double().masked_fill(~kept, float("-inf")), dim=-1)  # [..., k]
