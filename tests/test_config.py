@@ -21,6 +21,7 @@ class DemoConfig(Config):
     max_steps: Optional[int] = Field(None, description="Stop after this many.")
     beta: float | None = Field(0.0, description="KL coefficient.")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = Field("dapo", description="Loss normalisation.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field("bf16", description="Autocast.")
     dropout_sites: list[str] = Field(["hidden"], description="Where masks act.")
     epsilon: tuple[float, float] = Field((0.2, 0.2), description="Clip range.")
     save_dir: Path = Field(Path("ckpt"), description="Checkpoint directory.")
@@ -121,6 +122,22 @@ def test_integral_float_to_int_but_not_fraction() -> None:
 )
 def test_bool_strings(text: str, expected: bool) -> None:
     assert load_config(DemoConfig, overrides=[f"use_vllm={text}"]).use_vllm is expected
+
+
+@pytest.mark.parametrize("text", ["no", "off", "n", "No"])
+def test_bool_strings_of_yaml_1_1_read_as_false(text: str, tmp_path: Path) -> None:
+    assert load_config(DemoConfig, overrides=[f"use_vllm={text}"]).use_vllm is False
+    assert load_config(DemoConfig, write(tmp_path, f"use_vllm: {text}\n")).use_vllm is False
+
+
+def test_choice_named_no_is_text_not_a_boolean(tmp_path: Path) -> None:
+    """YAML 1.1 (PyYAML's default) reads ``no`` as False; the config reads YAML 1.2's booleans, so the
+    choice ``no`` of ``mixed_precision`` (and TRL's ``eval_strategy: no``) arrives as the text."""
+    assert load_config(DemoConfig, overrides=["mixed_precision=no"]).mixed_precision == "no"
+    assert load_config(DemoConfig, write(tmp_path, "mixed_precision: no\n")).mixed_precision == "no"
+    assert load_config(DemoConfig, write(tmp_path, "dropout_sites: [no, off]\n", "b.yaml")).dropout_sites == ["no", "off"]
+    with pytest.raises(ConfigError, match="mixed_precision.*got False"):
+        load_config(DemoConfig, write(tmp_path, "mixed_precision: false\n", "c.yaml"))
 
 
 def test_bool_rejects_other_values() -> None:

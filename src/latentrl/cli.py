@@ -71,12 +71,12 @@ def cmd_data_export(args) -> None:
 
 
 def _parse_knob(item: str):
-    import yaml
+    from latentrl.config import read_yaml
 
     if "=" not in item:
         raise CLIError(f"expected key=value, got {item!r}")
     key, raw = item.split("=", 1)
-    return key, yaml.safe_load(raw)
+    return key, read_yaml(raw)
 
 
 def cmd_demo(args) -> None:

@@ -7,8 +7,12 @@ three layers, later ones winning:
 
 1. the field defaults,
 2. an optional YAML mapping file (``--config``),
-3. ``key=value`` overrides from the command line (the value is read with ``yaml.safe_load``, so
-   ``layers=[1, 2]`` is a list and ``x=null`` is ``None``; a ``str`` field keeps the raw text).
+3. ``key=value`` overrides from the command line (the value is read as YAML, so ``layers=[1, 2]``
+   is a list and ``x=null`` is ``None``; a ``str`` field keeps the raw text).
+
+YAML is read with YAML 1.2's booleans (only ``true`` / ``false``): PyYAML follows YAML 1.1, where
+``no``, ``off``, ``y`` and ``n`` are booleans too, so ``mixed_precision: no`` would arrive as ``False``.
+A bool field still takes ``no`` / ``off`` (pydantic reads them as ``False``).
 
 Why pydantic: it validates types, ranges and choices declared beside the field, nested models
 (the sweep's ``grpo:`` block is a full ``GRPOConfig`` check), and reports every error with its key.
@@ -26,6 +30,7 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -41,6 +46,23 @@ from latentrl.fsutil import atomic_write_text
 T = TypeVar("T", bound="Config")
 
 _COMMAND_LINE = "the command line"
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: ``true`` / ``false`` only (``no`` stays text)."""
+
+
+YamlLoader.yaml_implicit_resolvers = {
+    first: [(tag, regex) for tag, regex in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+YamlLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))  # fmt: skip
+
+
+def read_yaml(stream) -> Any:
+    """A YAML document (text or an open file) read with :class:`YamlLoader`."""
+    return yaml.load(stream, Loader=YamlLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class ConfigError(ValueError):
@@ -162,7 +184,7 @@ def _read_yaml_mapping(path: str | os.PathLike) -> dict[str, Any]:
     """Parse a YAML file that must hold a mapping (an empty file is an empty mapping)."""
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            data = read_yaml(f)
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err}") from err
     except yaml.YAMLError as err:
@@ -186,7 +208,7 @@ def _split_override(item: str) -> tuple[str, str]:
 def _parse_override(raw: str, annotation: Any) -> Any:
     """The YAML value of an override; a text field keeps the raw text (``name=2024-01-01``, ``tag=yes``)."""
     try:
-        parsed = yaml.safe_load(raw)
+        parsed = read_yaml(raw)
     except yaml.YAMLError:
         return raw
     if _is_text(annotation) and parsed is not None and not isinstance(parsed, str):
