@@ -28,6 +28,8 @@ import torch
 
 from latentrl.cli import main
 
+from cli_runs import BY_TEXT
+
 TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
         "disable_tqdm=true", "task_kwargs={num_steps: 2}"]  # fmt: skip
 # the CoT run: 2 steps an epoch, 4 steps, a checkpoint every step, the last 3 kept (checkpoint-2..4)
@@ -560,15 +562,12 @@ def test_l_sft_that_diverges_stops_with_finite_checkpoints(tmp_path, capsys, cli
     assert_finite_checkpoints(out)
 
 
-def test_l_grpo_that_diverges_stops_with_finite_checkpoints(runs, tmp_path, monkeypatch, capsys):
+def test_l_grpo_that_diverges_stops_with_finite_checkpoints(runs, tmp_path, capsys):
     # rewards that vary within a group (an untrained policy scores 0 on answer_match: no gradient at all)
-    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
-                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
     out = tmp_path / "grpo"
     before_sft = snapshot(runs.coconut)
     rc, _, err = cli(capsys, *grpo_args(runs, out, "max_steps=3", "save_steps=1", "learning_rate=1e6", "max_grad_norm=0",
-                                        "reward_funcs=[text_reward:by_text]"))  # fmt: skip
+                                        BY_TEXT))  # fmt: skip
     try:
         assert_clear_error(rc, err, ("nan", "inf"), "step")
         assert not (out / "final").exists()

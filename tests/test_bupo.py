@@ -17,6 +17,8 @@ from latentrl.models.thinking import thinking_mode
 from latentrl.rollout import completion_logps
 from latentrl.tasks import load_examples
 
+from cli_runs import BY_TEXT
+
 TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=64", "per_device_train_batch_size=32",
         "disable_tqdm=true", "task_kwargs={num_steps: 2}", "num_train_epochs=1", "save_steps=0"]  # fmt: skip
 
@@ -81,11 +83,9 @@ def cot(tmp_path_factory):
 
 
 def grpo(cot, out, *extra):
-    (out.parent / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
-                                               "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
     return main(["grpo", f"output_dir={out}", f"model_name_or_path={cot}", "num_generations=4", "generation_batch_size=8",
                  "per_device_train_batch_size=8", "max_completion_length=8", "task_kwargs={num_steps: 2}",
-                 "disable_tqdm=true", "exploration=none", "reward_funcs=[text_reward:by_text]", "learning_rate=1e-3",
+                 "disable_tqdm=true", "exploration=none", BY_TEXT, "learning_rate=1e-3",
                  *extra])  # fmt: skip
 
 

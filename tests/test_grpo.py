@@ -15,6 +15,8 @@ from latentrl.tasks import load_examples
 from latentrl.train.grpo import GRPOConfig, make_rollout, rollout_seeds, update
 from latentrl.rewards import answer_match
 
+from cli_runs import BY_TEXT, TESTS, by_text, grpo_from_a_cot_checkpoint
+
 
 def tiny_coconut(seed=0):
     # HF's default init: an untrained model's answers then depend visibly on its (large) thoughts
@@ -175,7 +177,7 @@ def test_interrupted_grpo_run_resumes_to_the_same_weights(tmp_path):
 
 
 @pytest.mark.parametrize("scale_rewards,temperature", [("none", 0), ("batch", 1)])
-def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards, temperature):
+def test_two_processes_equal_one_process(tmp_path, scale_rewards, temperature):
     """torchrun with 2 CPU processes (each rolling out half the groups) = 1 process, same global batch.
 
     Dropout masks and sampled tokens (temperature 1) are functions of each row's seed, so the rollouts
@@ -195,13 +197,8 @@ def test_two_processes_equal_one_process(tmp_path, monkeypatch, scale_rewards, t
               "per_device_train_batch_size=4", "max_completion_length=8", "task_kwargs={num_steps: 2}", "max_steps=2",
               "disable_tqdm=true", "learning_rate=1e-2", f"temperature={temperature}", "dropout_p=0.5", "dropout_sites=[block]", "dropout_cover_answer=true",
               "dropout_cover_prefill=true", f"scale_rewards={scale_rewards}", "beta=0.04", "save_steps=0"]  # fmt: skip
-    # an untrained policy rarely gets answers right: reward a function of the text so the groups vary
-    (tmp_path / "text_rewards.py").write_text(
-        "import zlib\ndef by_text(prompts, completions, **kw):\n"
-        "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
-    common += ["reward_funcs=[text_rewards:by_text]"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    common += [BY_TEXT]  # an untrained policy rarely gets answers right: a reward that varies within groups
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "latentrl.cli",
                           *common, f"output_dir={tmp_path / 'two'}"], capture_output=True, text=True, timeout=600, env=env)  # fmt: skip
     assert two.returncode == 0, two.stderr[-2000:]
@@ -251,10 +248,6 @@ def compile_spy(monkeypatch, backend="aot_eager"):
     return grad_modes
 
 
-def three_valued_reward(prompts, completions, **kw):
-    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]
-
-
 def soft_discrete_model():
     model, tok = build_tiny_model("llama", n_layer=2, n_embd=32, n_head=2, max_length=128, seed=3)
     return model.eval(), tok, ThinkingConfig().with_soft(tok)
@@ -268,7 +261,7 @@ def updated(model, tok, thinking, keys: dict, head):
     for compiled in (False, True):
         cfg = GRPOConfig(model_name_or_path="x", num_generations=4, generation_batch_size=8, per_device_train_batch_size=4,
                          max_completion_length=8, torch_compile_update=compiled, **keys)  # fmt: skip
-        r, exploration = rollout_of(cfg, model, tok, thinking, n_prompts=2, rewards=(three_valued_reward,))
+        r, exploration = rollout_of(cfg, model, tok, thinking, n_prompts=2, rewards=(by_text,))
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
         grads = {}
@@ -325,16 +318,8 @@ def test_grpo_with_a_compiled_update_logs_what_an_eager_run_logs(tmp_path, monke
     import latentrl.models.latent as latent
 
     grad_modes, limit = compile_spy(monkeypatch), getattr(torch._dynamo.config, latent._LIMIT_NAME)
-    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
-                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sft = tmp_path / "sft"
-    assert main(["sft", f"output_dir={sft}", "n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=32",
-                 "per_device_train_batch_size=16", "disable_tqdm=true", "task_kwargs={num_steps: 2}", "mode=cot",
-                 "num_train_epochs=1", "save_steps=0"]) == 0  # fmt: skip
-    common = [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
-              "per_device_train_batch_size=4", "max_completion_length=8", "task_kwargs={num_steps: 2}", "disable_tqdm=true",
-              "max_steps=2", "save_steps=0", "num_iterations=2", "beta=0.04", "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+    _, common = grpo_from_a_cot_checkpoint(tmp_path, max_completion_length=8)
+    common += ["per_device_train_batch_size=4", "num_iterations=2", "beta=0.04"]
     logs = {}
     for compiled in ("false", "true"):
         assert main(["grpo", f"output_dir={tmp_path / compiled}", *common, f"torch_compile_update={compiled}"]) == 0

@@ -18,8 +18,7 @@ from latentrl.cli import main
 from latentrl.models.checkpoint import recover_swap
 from latentrl.train.run import checkpoints, read_log
 
-TINY = ["n_layer=2", "n_embd=32", "n_head=2", "num_train_examples=96", "per_device_train_batch_size=16",
-        "disable_tqdm=true", "task_kwargs={num_steps: 2}", "logging_steps=1"]  # fmt: skip
+from cli_runs import TINY, grpo_from_a_cot_checkpoint
 
 
 def weights(path: Path) -> dict:
@@ -112,23 +111,79 @@ def test_grpo_logs_no_timing_of_work_it_did_not_do(tmp_path):
     assert read_log(tmp_path / "b" / "log.jsonl")[0]["time/old_ref_logprob"] > 0
 
 
-def grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length: int) -> tuple[Path, list[str]]:
-    """A tiny CoT checkpoint and the keys of a 2-step GRPO run from it, rewarded by a function of the text (an
-    untrained policy rarely gets answers right, so the groups vary): ``(sft folder, grpo keys)``."""
-    (tmp_path / "text_reward.py").write_text("import zlib\ndef by_text(prompts, completions, **kw):\n"
-                                             "    return [zlib.crc32(c.encode()) % 3 / 2 for c in completions]\n")  # fmt: skip
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sft = tmp_path / "sft"
-    assert main(["sft", f"output_dir={sft}", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]) == 0
-    return sft, [f"model_name_or_path={sft / 'final'}", "num_generations=4", "generation_batch_size=8",
-                 "per_device_train_batch_size=8", f"max_completion_length={max_completion_length}",
-                 "task_kwargs={num_steps: 2}", "disable_tqdm=true", "max_steps=2", "save_steps=0", "exploration=none",
-                 "reward_funcs=[text_reward:by_text]"]  # fmt: skip
+def sdpa_spy(monkeypatch) -> list[tuple[bool, bool]]:
+    """Records ``(gradients on, flash attention allowed)`` at every SDPA call of the models."""
+    calls, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        calls.append((torch.is_grad_enabled(), torch.backends.cuda.flash_sdp_enabled()))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", spy)
+    return calls
 
 
-def test_grpo_runs_under_bf16_autocast(tmp_path, monkeypatch):
+@pytest.mark.parametrize("command", ["sft", "grpo"])
+def test_under_bf16_on_a_cpu_the_passes_with_a_backward_run_math_attention(tmp_path, monkeypatch, command):
+    """torch's CPU flash-attention backward is slow in bf16: the passes whose backward follows (SFT's forward, the
+    GRPO update's recomputation) run SDPA's math backend under ``mixed_precision=bf16``; the rollouts keep flash
+    attention, and a float32 run uses it everywhere."""
+    if command == "sft":
+        keys = ["sft", *TINY, "mode=cot", "num_train_epochs=1", "save_steps=0"]
+    else:
+        _, common = grpo_from_a_cot_checkpoint(tmp_path, max_completion_length=8)
+        keys = ["grpo", *common]
+    calls = sdpa_spy(monkeypatch)
+    assert main([*keys, f"output_dir={tmp_path / 'fp32'}"]) == 0
+    assert calls and all(flash for _, flash in calls)
+    calls.clear()
+    assert main([*keys, f"output_dir={tmp_path / 'bf16'}", "mixed_precision=bf16"]) == 0
+    with_grad = {flash for grad, flash in calls if grad}
+    assert with_grad == {False}  # every pass with gradients: math
+    assert command == "sft" or True in {flash for grad, flash in calls if not grad}  # the rollouts: flash
+    assert torch.backends.cuda.flash_sdp_enabled()  # restored
+
+
+def test_math_attention_only_on_a_cpu_under_reduced_precision_and_for_small_weights():
+    from types import SimpleNamespace
+
+    from latentrl.models import build_tiny_model
+    from latentrl.train.common import MATH_ATTENTION_MAX_ELEMENTS, math_attention
+
+    model, _ = build_tiny_model("gpt2", n_layer=1, n_embd=32, n_head=4, max_length=64)
+    acc = lambda device, mp: SimpleNamespace(device=torch.device(device), mixed_precision=mp)  # noqa: E731
+    assert math_attention(acc("cpu", "bf16"), model, (64, 72)) and math_attention(acc("cpu", "fp16"), model, (1, 8))
+    assert not math_attention(acc("cpu", "no"), model, (64, 72))
+    assert not math_attention(acc("cuda", "bf16"), model, (64, 72))
+    L = int((MATH_ATTENTION_MAX_ELEMENTS / 4) ** 0.5)  # 4 heads, one row: the bound's length
+    assert math_attention(acc("cpu", "bf16"), model, (1, L)) and not math_attention(acc("cpu", "bf16"), model, (1, L + 1))
+
+
+def test_math_attention_gives_flash_attentions_gradients_under_bf16():
+    """The backend is a speed choice: under bf16 autocast the math backend's loss and gradients equal flash
+    attention's within bf16 rounding."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from latentrl.models import build_tiny_model
+
+    model, tok = build_tiny_model("llama", n_layer=2, n_embd=64, n_head=4, max_length=64, seed=0)
+    ids = torch.randint(0, len(tok), (4, 24), generator=torch.Generator().manual_seed(0))
+    grads = []
+    for backends in ([SDPBackend.FLASH_ATTENTION], [SDPBackend.MATH]):
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16), sdpa_kernel(backends):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (flash_loss, flash), (math_loss, math) = grads
+    assert math_loss == pytest.approx(flash_loss, rel=1e-2)
+    for name in flash:
+        torch.testing.assert_close(math[name], flash[name], rtol=0.05, atol=0.05 * flash[name].abs().max().item(), msg=name)
+
+
+def test_grpo_runs_under_bf16_autocast(tmp_path):
     """``mixed_precision`` reaches GRPO's rollouts and log-prob recomputation (accelerate's autocast)."""
-    _, common = grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length=8)
+    _, common = grpo_from_a_cot_checkpoint(tmp_path, max_completion_length=8)
     assert main(["grpo", f"output_dir={tmp_path / 'bf16'}", *common, "mixed_precision=bf16"]) == 0
     assert main(["grpo", f"output_dir={tmp_path / 'fp32'}", *common]) == 0
     a, b = read_log(tmp_path / "bf16" / "log.jsonl"), read_log(tmp_path / "fp32" / "log.jsonl")
@@ -145,7 +200,7 @@ def test_grpo_and_eval_decode_the_same_with_every_engine_setting(tmp_path, monke
 
     real = torch.compile
     monkeypatch.setattr(latent.torch, "compile", lambda fn, **kw: real(fn, backend="eager", **kw))
-    sft, common = grpo_from_a_cot_checkpoint(tmp_path, monkeypatch, max_completion_length=12)
+    sft, common = grpo_from_a_cot_checkpoint(tmp_path, max_completion_length=12)
     engines = {"kept": ["compact_at=0"], "compacted": ["compact_at=1e-9"], "static": ["cache_implementation=static"],
                "compiled": ["cache_implementation=static", "torch_compile=true"], "compiled_dynamic": ["torch_compile=true"]}  # fmt: skip
     logs, evals = {}, {}

@@ -62,6 +62,11 @@ class Rollout:
         return Rollout(**picked)
 
     @property
+    def shape(self) -> tuple[int, int]:
+        """``(B, P + T)``: the rows and columns of the recomputation's forward."""
+        return self.prompt_ids.shape[0], self.prompt_ids.shape[1] + self.completion_ids.shape[1]
+
+    @property
     def action_mask(self) -> torch.Tensor:
         """``[B, T]`` the completion positions the policy loss counts."""
         return self.completion_mask if self.loss_mask is None else self.loss_mask

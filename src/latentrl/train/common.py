@@ -3,6 +3,8 @@ accuracy, and the collectives of several processes (accelerate's)."""
 
 from __future__ import annotations
 
+from contextlib import ExitStack, nullcontext
+
 import numpy as np
 import torch
 from accelerate.utils import broadcast_object_list, gather_object, reduce
@@ -12,6 +14,36 @@ from latentrl.models import build_tiny_model, check_latent_support, load_checkpo
 from latentrl.models.build import add_latent_tokens, ban_layout_tokens
 from latentrl.models.layout import ThinkingConfig
 from latentrl.train.run import read_log  # noqa: F401  (re-exported: scripts read logs through here)
+
+# A pass whose backward follows, on a CPU under bf16 / fp16 autocast, runs SDPA's math backend while the
+# attention weights it keeps for the backward (B x heads x L x L per layer) stay below this many elements:
+# torch's CPU flash-attention backward is several times slower in bf16 than in float32 (SmolLM2, 30 layers at
+# 64 rows x 72 positions: 3.4 s against 0.4 s), and the math backend's bf16 matmuls take the whole backward
+# from 11.8 to 7.6 s there. Past the bound the weights' memory would outgrow the gain: flash attention stays.
+MATH_ATTENTION_MAX_ELEMENTS = 1 << 26
+
+
+def autocast(accelerator, model=None, shape: tuple[int, int] | None = None):
+    """accelerate's autocast (``mixed_precision``), or nothing without an accelerator. ``model`` and ``shape``
+    (``[B, L]`` of the pass) for a pass whose backward follows: on a CPU under reduced precision, SDPA's math
+    backend too while its weights are small (:data:`MATH_ATTENTION_MAX_ELEMENTS`)."""
+    if accelerator is None:
+        return nullcontext()
+    stack = ExitStack()
+    stack.enter_context(accelerator.autocast())
+    if model is not None and math_attention(accelerator, model, shape):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        stack.enter_context(sdpa_kernel([SDPBackend.MATH]))
+    return stack
+
+
+def math_attention(accelerator, model, shape: tuple[int, int]) -> bool:
+    """Whether a pass of ``shape`` with a backward runs SDPA's math backend (see :func:`autocast`)."""
+    B, L = shape
+    heads = getattr(model.config, "num_attention_heads", 1)
+    return (accelerator.device.type == "cpu" and accelerator.mixed_precision in ("bf16", "fp16")
+            and B * heads * L * L <= MATH_ATTENTION_MAX_ELEMENTS)  # fmt: skip
 
 
 def load_or_build(model_name_or_path: str | None, tiny: dict, seed: int):

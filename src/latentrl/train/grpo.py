@@ -36,13 +36,6 @@ from latentrl.train.run import Run, check_finite
 __all__ = ["GRPOConfig", "load_reward_func", "make_rollout", "rollout_seeds", "train_grpo", "update"]
 
 
-def autocast(accelerator):
-    """accelerate's autocast (``mixed_precision``), or nothing without an accelerator."""
-    from contextlib import nullcontext
-
-    return accelerator.autocast() if accelerator is not None else nullcontext()
-
-
 def rollout_seeds(seed: int, step: int, n: int) -> torch.Tensor:
     """One noise seed per rollout of a step: ``[n]`` int64, a function of (seed, step) only."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + step)
@@ -98,7 +91,7 @@ def make_rollout(model, tokenizer, thinking, batch, cfg: GRPOConfig, exploration
     With several processes each one rolls out its own whole groups; the rewards of all processes
     are gathered so that ``scale_rewards="batch"`` sees the whole batch, as in TRL.
     """
-    with autocast(accelerator):
+    with common.autocast(accelerator):
         gen, texts = roll_out(model, tokenizer, thinking, batch, num_generations=cfg.num_generations,
                               max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
                               top_p=cfg.top_p, exploration=exploration, seeds=seeds, generator=generator,
@@ -162,7 +155,7 @@ def update(model, rollout: Rollout, cfg: GRPOConfig, exploration, optimizer, sch
         for start in range(0, len(rollout.seeds), mb):
             part = rollout.select(slice(start, start + mb))
             t = time.perf_counter()
-            with autocast(accelerator):
+            with common.autocast(accelerator, model, part.shape):
                 lp = completion_logps(model, part, exploration, cfg.temperature, head, forward)
             timings["time/logprob"] += time.perf_counter() - t
             loss, m = policy_loss(lp.logps, part.old_logps, part.advantages, part.action_mask, part.ref_logps,
@@ -201,7 +194,7 @@ def fill_old_and_ref_logps(model, ref_model, rollout: Rollout, cfg: GRPOConfig, 
     parts = [rollout.select(slice(s, s + mb)) for s in range(0, len(rollout.seeds), mb)]
     if not parts:  # every group of this process was dropped (skip_zero_std_groups)
         return
-    with autocast(accelerator):
+    with common.autocast(accelerator):
         if cfg.num_iterations > 1:
             forward = update_forward(model, cfg, head)
             rollout.old_logps = torch.cat([completion_logps(model, p, exploration, cfg.temperature, head, forward).logps

@@ -155,7 +155,7 @@ class SFTLoop:
     def backward(self, encoded) -> None:
         b = collate(encoded, self.tokenizer.pad_token_id, self.thinking.latent_token_id)
         device = self.model.device
-        with self.accelerator.autocast():
+        with common.autocast(self.accelerator, self.model, tuple(b.input_ids.shape)):
             logits = latent_forward(self.model, b.input_ids.to(device), b.attention_mask.to(device), b.latent_mask.to(device)).logits
             loss = sft_loss(logits, b.labels.to(device))
         check_finite(loss, "the loss", self.progress.global_step + 1)
