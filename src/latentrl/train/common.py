@@ -18,8 +18,9 @@ from latentrl.train.run import read_log  # noqa: F401  (re-exported: scripts rea
 # A pass whose backward follows, on a CPU under bf16 / fp16 autocast, runs SDPA's math backend while the
 # attention weights it keeps for the backward (B x heads x L x L per layer) stay below this many elements:
 # torch's CPU flash-attention backward is several times slower in bf16 than in float32 (SmolLM2, 30 layers at
-# 64 rows x 72 positions: 3.4 s against 0.4 s), and the math backend's bf16 matmuls take the whole backward
-# from 11.8 to 7.6 s there. Past the bound the weights' memory would outgrow the gain: flash attention stays.
+# 64 rows x 72 positions: 3.4 s against 0.4 s); the math backend, which computes the attention in float32 on a
+# CPU, takes the whole backward from 11.8 to 7.6 s there. Past the bound the weights' memory would outgrow the
+# gain: flash attention stays.
 MATH_ATTENTION_MAX_ELEMENTS = 1 << 26
 
 
