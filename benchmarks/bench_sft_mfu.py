@@ -11,7 +11,8 @@ the parameters that multiply (every parameter except the position embeddings; a 
 once, as the LM head) and tokens the non-padding tokens of the batch (``mfu``), or every position
 computed (``mfu_padded``). Models: the demo's tiny GPT-2 (4 x 128), GPT-2 6 x 256 and 8 x 512 (char
 vocabulary), and SmolLM2-135M (30 x 576, vocabulary 49,152). Target: >= 30% at d >= 256.
-``--bf16``: the steps under bf16 autocast (``mixed_precision=bf16``, as the trainer applies it) and the
+``--bf16``: the steps under bf16 autocast (``mixed_precision=bf16``, as the trainer applies it: accelerate's
+autocast, and on a CPU SDPA's math attention for the forward, ``latentrl.train.common.autocast``) and the
 peak of bf16 ``torch.mm``; on a CPU with AMX tiles the bf16 peak is several times the fp32 one.
 """
 
@@ -23,10 +24,12 @@ import time
 from pathlib import Path
 
 import torch
+from accelerate import Accelerator
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_soft import load_model, model_bench_args, start_result, write_result  # noqa: E402
 
+from latentrl.train import common  # noqa: E402
 from latentrl.train.sft import sft_loss  # noqa: E402
 from latentrl.models import ThinkingConfig, build_tiny_model, collate, encode_example, latent_forward  # noqa: E402
 from latentrl.tasks import load_examples  # noqa: E402
@@ -57,12 +60,13 @@ def sft_steps(model, tok, batch_size: int, steps: int, bf16: bool = False) -> di
     examples = load_examples("arith", "train", batch_size * (steps + 2), seed=0)
     enc = [encode_example(tok, e.question, e.steps, e.answer, thinking) for e in examples]
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    accelerator = Accelerator(cpu=True, mixed_precision="bf16" if bf16 else "no")
     model.train()
     times, tokens, padded = [], [], []
     for i in range(steps + 2):
         b = collate(enc[i * batch_size : (i + 1) * batch_size], tok.pad_token_id, thinking.latent_token_id)
         t = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with common.autocast(accelerator, model, tuple(b.input_ids.shape)):  # the trainer's autocast and attention
             loss = sft_loss(latent_forward(model, b.input_ids, b.attention_mask, b.latent_mask).logits, b.labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -72,7 +76,8 @@ def sft_steps(model, tok, batch_size: int, steps: int, bf16: bool = False) -> di
             times.append(time.perf_counter() - t)
             tokens.append(int(b.attention_mask.sum()))
             padded.append(b.input_ids.numel())
-    return {"step_seconds": times, "tokens": tokens, "padded_tokens": padded}
+    math = common.math_attention(accelerator, model, tuple(b.input_ids.shape))
+    return {"step_seconds": times, "tokens": tokens, "padded_tokens": padded, "math_attention": math}
 
 
 def case(name: str, model, tok, batch_size: int, steps: int, peak: float, bf16: bool = False) -> dict:
