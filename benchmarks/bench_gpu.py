@@ -31,13 +31,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_engine import NEVER_EOS, hf_generate  # noqa: E402
 from bench_grpo_step import one_step  # noqa: E402
 from bench_soft import load_model, start_result, write_result  # noqa: E402
 
+from latentrl.config import read_yaml  # noqa: E402
 from latentrl.models import ThinkingConfig, build_tiny_model, encode_prompt, generate  # noqa: E402
 from latentrl.models.latent import left_pad  # noqa: E402
 from latentrl.tasks import load_examples  # noqa: E402
@@ -58,7 +58,7 @@ def sync(device: torch.device) -> None:
 
 def scarce_gpu_config(quick: bool, engine: dict) -> GRPOConfig:
     """The ``grpo:`` block of ``configs/sweep_arith_scarce_gpu.yaml`` as one step's config."""
-    block = yaml.safe_load((ROOT / "configs" / "sweep_arith_scarce_gpu.yaml").read_text())["grpo"]
+    block = read_yaml((ROOT / "configs" / "sweep_arith_scarce_gpu.yaml").read_text())["grpo"]  # as the sweep reads it
     keys = ("num_generations", "generation_batch_size", "per_device_train_batch_size", "learning_rate",
             "skip_zero_std_groups", "dropout_p", "dropout_sites", "dropout_cover_prefill")  # fmt: skip
     settings = {k: block[k] for k in keys}
