@@ -172,7 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error (bad config, data, model, checkpoint, folder, reward, or a
-    diverged run) ends with one line on stderr and exit status 2 (``LATENTRL_DEBUG=1``: the traceback)."""
+    diverged run) ends with one line on stderr and exit status 2 (``LATENTRL_DEBUG=1``: the traceback).
+
+    As the process's entry point (``argv`` None) it first re-executes itself with tcmalloc preloaded where
+    the system has it (``latentrl.allocator``; ``LATENTRL_ALLOCATOR=system``: not)."""
+    if argv is None:
+        from latentrl import allocator
+
+        try:
+            allocator.reexec()
+        except ValueError as err:
+            print(f"latentrl: error: {err}", file=sys.stderr)
+            return 2
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from pydantic import Field, model_validator
 
+from latentrl import allocator
 from latentrl.config import Config, config_to_dict, save_config, validate_config
 from latentrl.eval.evaluate import EvalConfig, evaluate, write_eval
 from latentrl.models import load_checkpoint
@@ -157,7 +158,8 @@ def versions() -> dict[str, str]:
 
     packages = ("latentrl", "torch", "transformers", "accelerate", "tokenizers", "numpy", "pydantic")
     return {"python": platform.python_version(), **{p: version(p) for p in packages}, "threads": str(torch.get_num_threads()),
-            "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability()}  # fmt: skip
+            "cpu": cpu_name(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "allocator": allocator.current()}  # fmt: skip
 
 
 def cpu_name() -> str:

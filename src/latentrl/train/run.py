@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from accelerate.tracking import GeneralTracker
 
+from latentrl import allocator
 from latentrl.config import ConfigError, config_to_dict, load_config, save_config
 from latentrl.errors import NonFiniteError
 from latentrl.fsutil import atomic_write_text, check_output_dir
@@ -221,7 +222,8 @@ def _start_fresh(cfg, out: Path, command: str, run_id: str | None = None) -> Non
     for old in out.glob("config-resume-*.yaml"):
         old.unlink()
     save_config(cfg, out / "config.yaml")
-    info = {"run_id": run_id or uuid.uuid4().hex, "command": command, "configs": ["config.yaml"]}
+    info = {"run_id": run_id or uuid.uuid4().hex, "command": command, "configs": ["config.yaml"],
+            "allocator": allocator.current()}  # fmt: skip
     atomic_write_text(out / RUN_FILE, json.dumps(info, indent=1) + "\n")
 
 

@@ -1,0 +1,118 @@
+"""The heap allocator the ``latentrl`` command preloads (``latentrl.allocator``): the choice, the environment
+it re-executes with, and the re-execution itself through a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from latentrl import allocator
+from latentrl.cli import main
+
+LIBM = next((p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-linux-gnu/libm.so.6", "/lib64/libm.so.6",
+                         "/usr/lib64/libm.so.6") if Path(p).is_file()), None)  # fmt: skip
+
+
+def fake_library(folder: Path, name: str) -> str:
+    """A preloadable shared library named ``name``: a copy of libm (already loaded by Python, so harmless)."""
+    if LIBM is None:
+        pytest.skip("no libm.so.6 to copy")
+    folder.mkdir(parents=True, exist_ok=True)
+    return str(shutil.copy(LIBM, folder / name))
+
+
+def test_find_tcmalloc_takes_the_first_folder_and_name_that_exist(tmp_path):
+    assert allocator.find_tcmalloc([tmp_path / "a", tmp_path / "b"]) is None
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "libtcmalloc.so").write_bytes(b"")
+    (tmp_path / "b" / "libtcmalloc_minimal.so.4").write_bytes(b"")
+    assert allocator.find_tcmalloc([tmp_path / "a", tmp_path / "b"]) == str(tmp_path / "b" / "libtcmalloc_minimal.so.4")
+
+
+def test_library_dirs_start_with_the_environment_and_include_the_multiarch_folder():
+    dirs = allocator.library_dirs()
+    assert dirs[0] == Path(sys.prefix, "lib") and len(dirs) == len(set(dirs))
+    assert Path("/usr/lib") in dirs
+
+
+def test_the_choice(tmp_path, monkeypatch):
+    found = str(tmp_path / "libtcmalloc_minimal.so.4")
+    monkeypatch.setattr(allocator, "find_tcmalloc", lambda: found)
+    assert allocator.chosen_library({}) == found  # auto is the default
+    assert allocator.chosen_library({"LATENTRL_ALLOCATOR": "auto"}) == found
+    assert allocator.chosen_library({"LATENTRL_ALLOCATOR": "system"}) is None
+    assert allocator.chosen_library({}, platform="darwin") is None
+    assert allocator.chosen_library({"LD_PRELOAD": "/opt/lib/libjemalloc.so.2"}) is None  # the user's own kept
+    lib = fake_library(tmp_path / "mine", "libmymalloc.so")
+    assert allocator.chosen_library({"LATENTRL_ALLOCATOR": lib}) == lib
+    with pytest.raises(ValueError, match="LATENTRL_ALLOCATOR='/no/such.so': no such library"):
+        allocator.chosen_library({"LATENTRL_ALLOCATOR": "/no/such.so"})
+
+
+def test_preload_env_puts_the_library_first_once():
+    env = allocator.preload_env({"PATH": "/bin", "LD_PRELOAD": "/x/liba.so:/x/libb.so"}, "/t/libtcmalloc.so.4")
+    assert env["LD_PRELOAD"] == "/t/libtcmalloc.so.4 /x/liba.so /x/libb.so" and env["PATH"] == "/bin"
+    assert int(env["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"]) >= 1 << 40
+    assert allocator.preload_env(env, "/t/libtcmalloc.so.4") is None  # done: no second re-execution
+    assert allocator.preload_env({"LD_PRELOAD": "/elsewhere/libtcmalloc.so.4"}, "/t/libtcmalloc.so.4") is None
+    mine = allocator.preload_env({"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": "5"}, "/t/libtcmalloc.so.4")
+    assert mine["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == "5"  # a setting of the user's wins
+
+
+def test_main_with_argv_never_reexecutes(monkeypatch, capsys):
+    """Called as a function (tests, notebooks) the CLI runs in the caller's process as it is."""
+    monkeypatch.setenv("LATENTRL_ALLOCATOR", "/no/such.so")  # would be an error if it were read
+    monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed"))
+    with pytest.raises(SystemExit):
+        main(["--help"])
+
+
+def entry_point(env: dict, tmp_path: Path) -> list[str]:
+    """Run ``main()`` as a process's entry point under ``env`` (``LD_PRELOAD`` unset unless given): what
+    ``LD_PRELOAD`` was in each process that ran the code, in order."""
+    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import main; main()"
+    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    proc = subprocess.run([sys.executable, "-c", code, "--help"], env={**base, **env}, capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    return [line.removeprefix("PRELOAD=") for line in proc.stdout.splitlines() if line.startswith("PRELOAD=")]
+
+
+def test_the_command_reexecutes_itself_once_with_the_library_preloaded(tmp_path):
+    """The second process is the same command line (``sys.orig_argv``: here ``python -c CODE --help``)."""
+    lib = fake_library(tmp_path / "lib", "libfakemalloc.so")
+    assert entry_point({"LATENTRL_ALLOCATOR": lib}, tmp_path) == ["-", lib]
+    assert entry_point({"LATENTRL_ALLOCATOR": lib, "LD_PRELOAD": "/x/liba.so"}, tmp_path) == ["/x/liba.so", f"{lib} /x/liba.so"]
+
+
+def test_system_and_a_preloaded_allocator_mean_no_reexecution(tmp_path):
+    assert entry_point({"LATENTRL_ALLOCATOR": "system"}, tmp_path) == ["-"]
+    lib = fake_library(tmp_path / "lib", "libmymalloc.so")
+    assert entry_point({"LD_PRELOAD": lib}, tmp_path) == [lib]  # auto keeps the user's allocator
+
+
+def test_a_bad_setting_is_one_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "latentrl.cli", "--help"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "LATENTRL_ALLOCATOR": str(tmp_path / "missing.so")})  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip() == f"latentrl: error: LATENTRL_ALLOCATOR='{tmp_path / 'missing.so'}': no such library " \
+                                  "(use 'auto', 'system' or the path of a shared library)"
+
+
+def test_a_run_records_its_allocator(tmp_path):
+    """Through the CLI: ``run.json`` names the preloaded library (so a figure's allocator is on record)."""
+    lib = fake_library(tmp_path / "lib", "libfakemalloc.so")
+    out = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "latentrl.cli", "sft", "mode=cot", f"output_dir={out}", "n_layer=1",
+                           "n_embd=16", "n_head=2", "num_train_examples=8", "num_train_epochs=1", "save_steps=0",
+                           "eval_n=4"],
+                          env={**os.environ, "LATENTRL_ALLOCATOR": lib, "LD_PRELOAD": "", "HF_HUB_OFFLINE": "1"},
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((out / "run.json").read_text())["allocator"] == lib
