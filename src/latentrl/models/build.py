@@ -19,6 +19,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from latentrl.models.attention import use_decode_attention
 from latentrl.models.tokenizer import LATENT_TOKENS, build_char_tokenizer
 
 MODEL_FAMILIES = ("gpt2", "llama", "qwen2")
@@ -107,6 +108,7 @@ def build_tiny_model(
             if positions is not None:
                 positions.weight.normal_(0.0, 0.5)
     ban_layout_tokens(model, tokenizer)
+    use_decode_attention(model)
     return model, tokenizer
 
 
@@ -161,6 +163,7 @@ def load_model(name_or_path: str, dtype: torch.dtype | None = None):
         raise CheckpointError(f"{name_or_path}: cannot load the checkpoint ({_first_line(err)})") from err
     if local:
         check_finite_weights(model, str(name_or_path))
+    use_decode_attention(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
