@@ -65,18 +65,21 @@ def test_preload_env_puts_the_library_first_once():
     assert mine["TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD"] == "5"  # a setting of the user's wins
 
 
-def test_main_with_argv_never_reexecutes(monkeypatch, capsys):
-    """Called as a function (tests, notebooks) the CLI runs in the caller's process as it is."""
+@pytest.mark.parametrize("argv", [["--help"], None])
+def test_main_never_reexecutes(monkeypatch, argv):
+    """Called as a function (tests, notebooks), with or without argv, the CLI runs in the caller's process as
+    it is; only the command's entry point re-executes."""
     monkeypatch.setenv("LATENTRL_ALLOCATOR", "/no/such.so")  # would be an error if it were read
     monkeypatch.setattr(os, "execve", lambda *a: pytest.fail("re-executed"))
+    monkeypatch.setattr(sys, "argv", ["latentrl", "--help"])
     with pytest.raises(SystemExit):
-        main(["--help"])
+        main(argv)
 
 
 def entry_point(env: dict, tmp_path: Path) -> list[str]:
-    """Run ``main()`` as a process's entry point under ``env`` (``LD_PRELOAD`` unset unless given): what
-    ``LD_PRELOAD`` was in each process that ran the code, in order."""
-    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import main; main()"
+    """Run the command's entry point under ``env`` (``LD_PRELOAD`` unset unless given): what ``LD_PRELOAD``
+    was in each process that ran the code, in order."""
+    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
     base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
     proc = subprocess.run([sys.executable, "-c", code, "--help"], env={**base, **env}, capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip

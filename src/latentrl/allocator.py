@@ -7,8 +7,9 @@ costs ~17 µs to fault in, and a SmolLM2 GRPO step spent seconds of system time 
 keeps freed memory for reuse, as Intel's PyTorch CPU guides advise; benchmarks/bench_allocator.py measures
 the difference. The arithmetic does not change: the same run logs the same losses under either allocator.
 
-An allocator can only be chosen before the process starts, so the ``latentrl`` command, when it is the
-process's entry point, re-executes itself once with ``LD_PRELOAD`` naming the library (:func:`reexec`).
+An allocator can only be chosen before the process starts, so the ``latentrl`` command
+(``latentrl.cli:entry``, also ``python -m latentrl.cli``) re-executes itself once with ``LD_PRELOAD`` naming the
+library (:func:`reexec`); ``latentrl.cli.main`` called as a function does not.
 ``LATENTRL_ALLOCATOR`` chooses:
 
 - ``auto`` (default): tcmalloc if one of :data:`TCMALLOC_NAMES` is in the interpreter's or the system's

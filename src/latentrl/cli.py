@@ -172,18 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command; a user error (bad config, data, model, checkpoint, folder, reward, or a
-    diverged run) ends with one line on stderr and exit status 2 (``LATENTRL_DEBUG=1``: the traceback).
-
-    As the process's entry point (``argv`` None) it first re-executes itself with tcmalloc preloaded where
-    the system has it (``latentrl.allocator``; ``LATENTRL_ALLOCATOR=system``: not)."""
-    if argv is None:
-        from latentrl import allocator
-
-        try:
-            allocator.reexec()
-        except ValueError as err:
-            print(f"latentrl: error: {err}", file=sys.stderr)
-            return 2
+    diverged run) ends with one line on stderr and exit status 2 (``LATENTRL_DEBUG=1``: the traceback)."""
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
@@ -196,5 +185,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> int:
+    """The ``latentrl`` command (and ``python -m latentrl.cli``): :func:`main` in a process that first
+    re-executes itself with tcmalloc preloaded where the system has it (``latentrl.allocator``;
+    ``LATENTRL_ALLOCATOR=system``: not). ``main`` itself, called as a function, never re-executes."""
+    from latentrl import allocator
+
+    try:
+        allocator.reexec()
+    except ValueError as err:
+        print(f"latentrl: error: {err}", file=sys.stderr)
+        return 2
+    return main()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())
