@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
@@ -320,3 +322,28 @@ def test_load_model_and_quiet_save_print_no_progress_bars(tmp_path: Path, capsys
     if hf_logging.is_progress_bar_enabled():  # control: the bar does print outside quiet_hf
         model.save_pretrained(tmp_path / "loud")
         assert "Writing model shards" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(rows=st.integers(1, 5), vocab=st.integers(1, 70), bad=st.sampled_from([None, "nan", "inf", "-inf"]),
+       where=st.floats(0, 1, exclude_max=True), bf16=st.booleans(), steps=st.integers(1, 3))  # fmt: skip
+def test_the_finite_watch_flags_exactly_what_isfinite_does(rows, vocab, bad, where, bf16, steps):
+    """Generation's check of the next-token logits (one ``aminmax`` a step) against ``isfinite().all()``; it
+    raises only at ``check()``, and the logits it hands on are always finite."""
+    from latentrl.errors import FiniteWatch, NonFiniteError
+
+    watch, g = FiniteWatch("cpu"), torch.Generator().manual_seed(rows * 100 + vocab)
+    seen_bad = False
+    for step in range(steps):
+        logits = 30 * torch.randn(rows, vocab, generator=g)
+        if bad is not None and step == steps - 1:
+            logits.view(-1)[int(where * logits.numel())] = float(bad)
+        logits = logits.bfloat16() if bf16 else logits
+        seen_bad |= not bool(torch.isfinite(logits).all())
+        assert torch.isfinite(watch(logits)).all()
+    if seen_bad:
+        with pytest.raises(NonFiniteError, match="NaN or infinite"):
+            watch.check()
+    else:
+        watch.check()
+    assert seen_bad == (bad is not None)
