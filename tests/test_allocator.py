@@ -19,6 +19,12 @@ LIBM = next((p for p in ("/lib/x86_64-linux-gnu/libm.so.6", "/usr/lib/x86_64-lin
                          "/usr/lib64/libm.so.6") if Path(p).is_file()), None)  # fmt: skip
 
 
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables that choose an allocator, plus ``extra``."""
+    drop = ("LD_PRELOAD", allocator.ENV, allocator.DONE)
+    return {**{k: v for k, v in os.environ.items() if k not in drop}, **extra}
+
+
 def fake_library(folder: Path, name: str) -> str:
     """A preloadable shared library named ``name``: a copy of libm (already loaded by Python, so harmless)."""
     if LIBM is None:
@@ -80,8 +86,7 @@ def entry_point(env: dict, tmp_path: Path) -> list[str]:
     """Run the command's entry point under ``env`` (``LD_PRELOAD`` unset unless given): what ``LD_PRELOAD``
     was in each process that ran the code, in order."""
     code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
-    base = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
-    proc = subprocess.run([sys.executable, "-c", code, "--help"], env={**base, **env}, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", code, "--help"], env=clean_env(**env), capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return [line.removeprefix("PRELOAD=") for line in proc.stdout.splitlines() if line.startswith("PRELOAD=")]
@@ -94,15 +99,48 @@ def test_the_command_reexecutes_itself_once_with_the_library_preloaded(tmp_path)
     assert entry_point({"LATENTRL_ALLOCATOR": lib, "LD_PRELOAD": "/x/liba.so"}, tmp_path) == ["/x/liba.so", f"{lib} /x/liba.so"]
 
 
-def test_system_and_a_preloaded_allocator_mean_no_reexecution(tmp_path):
+def test_system_a_preloaded_allocator_and_a_done_reexecution_mean_no_reexecution(tmp_path):
     assert entry_point({"LATENTRL_ALLOCATOR": "system"}, tmp_path) == ["-"]
     lib = fake_library(tmp_path / "lib", "libmymalloc.so")
     assert entry_point({"LD_PRELOAD": lib}, tmp_path) == [lib]  # auto keeps the user's allocator
+    assert entry_point({"LATENTRL_ALLOCATOR": lib, allocator.DONE: "1"}, tmp_path) == ["-"]  # never twice
+
+
+@pytest.mark.parametrize(("argv", "expected"), [
+    (["python", "/venv/bin/latentrl", "grpo"], True), (["python", "-m", "latentrl.cli", "sft"], True),
+    (["python", "-u", "-m", "latentrl.cli"], True), (["python", "-mlatentrl.cli"], True),
+    (["python", "-X", "dev", "-W", "ignore", "/venv/bin/latentrl"], True), (["python", "-c", "code", "--help"], True),
+    (["python", "-", "--help"], False), (["python", "host.py"], False), (["python", "-m", "pytest"], False),
+    (["python"], False),
+])  # fmt: skip
+def test_only_a_command_line_that_starts_latentrl_is_run_again(argv, expected):
+    assert allocator.relaunchable(argv) is expected
+
+
+def test_a_script_on_stdin_is_not_run_again(tmp_path):
+    """``python - --help`` has consumed its stdin: a second process would read nothing and do nothing."""
+    lib = fake_library(tmp_path / "lib", "libfakemalloc.so")
+    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
+    proc = subprocess.run([sys.executable, "-", "--help"], input=code, env=clean_env(LATENTRL_ALLOCATOR=lib),
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0 and proc.stdout.count("PRELOAD=") == 1 and "usage: latentrl" in proc.stdout
+
+
+def test_an_allocator_path_is_made_absolute_and_must_be_preloadable(tmp_path, monkeypatch):
+    lib = fake_library(tmp_path / "lib", "libfakemalloc.so")
+    monkeypatch.chdir(tmp_path)
+    assert allocator.chosen_library({"LATENTRL_ALLOCATOR": "lib/libfakemalloc.so"}) == str(Path(lib).resolve())
+    spaced = fake_library(tmp_path / "my libs", "libfakemalloc.so")
+    with pytest.raises(ValueError, match="cannot name a path holding a space"):
+        allocator.chosen_library({"LATENTRL_ALLOCATOR": spaced})
+    assert allocator.find_tcmalloc([tmp_path / "my libs"]) is None
+    (tmp_path / "my libs" / "libtcmalloc.so").write_bytes(b"")
+    assert allocator.find_tcmalloc([tmp_path / "my libs"]) is None  # LD_PRELOAD would split it
 
 
 def test_a_bad_setting_is_one_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "latentrl.cli", "--help"], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "LATENTRL_ALLOCATOR": str(tmp_path / "missing.so")})  # fmt: skip
+                          env=clean_env(LATENTRL_ALLOCATOR=str(tmp_path / "missing.so")))  # fmt: skip
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip() == f"latentrl: error: LATENTRL_ALLOCATOR='{tmp_path / 'missing.so'}': no such library " \
                                   "(use 'auto', 'system' or the path of a shared library)"
@@ -115,7 +153,7 @@ def test_a_run_records_its_allocator(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "latentrl.cli", "sft", "mode=cot", f"output_dir={out}", "n_layer=1",
                            "n_embd=16", "n_head=2", "num_train_examples=8", "num_train_epochs=1", "save_steps=0",
                            "eval_n=4"],
-                          env={**os.environ, "LATENTRL_ALLOCATOR": lib, "LD_PRELOAD": "", "HF_HUB_OFFLINE": "1"},
+                          env=clean_env(LATENTRL_ALLOCATOR=lib, HF_HUB_OFFLINE="1"),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert json.loads((out / "run.json").read_text())["allocator"] == lib

@@ -76,7 +76,8 @@ def test_the_attention_function_equals_hfs_sdpa():
     assert torch.allclose(ours, theirs, atol=1e-6)
 
 
-@pytest.mark.parametrize("case", ["two queries", "dropout", "position bias", "soft-cap", "wider mask", "per-head mask"])
+@pytest.mark.parametrize("case", ["two queries", "dropout", "position bias", "soft-cap", "wider mask", "per-head mask",
+                                  "one query row for three key rows"])
 def test_everything_else_goes_to_hfs_sdpa(case, monkeypatch):
     q, k, v, mask = inputs(Hkv=4)
     kwargs = {}
@@ -90,6 +91,8 @@ def test_everything_else_goes_to_hfs_sdpa(case, monkeypatch):
         kwargs["softcap"] = 30.0
     elif case == "wider mask":
         mask = torch.ones(3, 1, 1, 9, dtype=torch.bool)
+    elif case == "one query row for three key rows":
+        q, mask = q[:1], None
     else:
         mask = mask.expand(-1, 4, -1, -1)
     calls = []
@@ -106,11 +109,13 @@ def gqa_llama():
 
 
 @pytest.mark.parametrize("family", ["gpt2", "llama-gqa"])
-def test_cached_decoding_of_a_model_equals_sdpas(family):
+def test_cached_decoding_of_a_model_equals_sdpas(family, monkeypatch):
     """Prefill a left-padded batch, then four one-token steps: logits equal to HF's sdpa's, and the one-query
     path was the one taken (every layer, every step)."""
     model = build_tiny_model(n_layer=2, n_embd=32, n_head=4)[0].eval() if family == "gpt2" else gqa_llama()
     use_decode_attention(model)
+    calls, original = [], attention.one_query_attention
+    monkeypatch.setattr(attention, "one_query_attention", lambda *a: calls.append(1) or original(*a))
     assert model.config._attn_implementation == ATTENTION
     ids = torch.randint(3, 30, (3, 9), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
@@ -126,6 +131,8 @@ def test_cached_decoding_of_a_model_equals_sdpas(family):
                             **{CACHE_KWARG: out.past_key_values})
                 steps.append(out.logits[:, -1])
         logits[impl] = torch.stack(steps)
+        if impl == ATTENTION:
+            assert len(calls) == 2 * 4  # two layers, four one-token steps
     assert torch.allclose(logits[ATTENTION], logits["sdpa"], atol=1e-5)
 
 
@@ -160,3 +167,27 @@ def test_other_implementations_are_kept():
     model.set_attn_implementation("eager")
     use_decode_attention(model)
     assert model.config._attn_implementation == "eager"
+
+
+def test_a_value_head_of_another_width_and_a_row_that_sees_nothing_are_sdpas():
+    """Value heads narrower than the query's (MLA-style models), and a fully masked row (0, as sdpa gives)."""
+    q, k, _, mask = inputs(Hkv=4)
+    v = torch.randn(3, 4, 7, 5)
+    mask[1] = False
+    ours, _ = decode_attention_forward(Module(1), q, k, v, mask, scaling=0.3)
+    theirs, _ = sdpa_attention_forward(Module(1), q, k, v, mask, scaling=0.3)
+    assert ours.shape == theirs.shape == (3, 1, 4, 5)
+    assert torch.allclose(ours, theirs, atol=1e-6) and (ours[1] == 0).all()
+
+
+def test_only_the_checked_model_types_switch():
+    """Some HF models compare their attention's name to "sdpa" (Gemma 4's shared-KV layers): only the types whose
+    code was checked switch."""
+    from transformers import MistralConfig
+
+    config = MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                           num_key_value_heads=2, max_position_embeddings=64)  # fmt: skip
+    model = AutoModelForCausalLM.from_config(config)
+    use_decode_attention(model)
+    assert model.config._attn_implementation == "sdpa"
+    assert set(attention.MODEL_TYPES) == {"gpt2", "llama", "qwen2"}

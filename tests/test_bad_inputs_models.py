@@ -347,3 +347,11 @@ def test_the_finite_watch_flags_exactly_what_isfinite_does(rows, vocab, bad, whe
     else:
         watch.check()
     assert seen_bad == (bad is not None)
+
+
+def test_the_finite_watch_passes_an_empty_batch():
+    from latentrl.errors import FiniteWatch
+
+    watch = FiniteWatch("cpu")
+    assert watch(torch.empty(0, 7)).shape == (0, 7)
+    watch.check()

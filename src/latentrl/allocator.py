@@ -29,6 +29,7 @@ import sysconfig
 from pathlib import Path
 
 ENV = "LATENTRL_ALLOCATOR"
+DONE = "LATENTRL_ALLOCATOR_REEXEC"  # set in the re-executed process: never a second time (even if ld.so drops LD_PRELOAD)
 TCMALLOC_NAMES = ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4", "libtcmalloc_minimal.so", "libtcmalloc.so")
 # tcmalloc reports every allocation above 1 GiB on stderr unless told a higher threshold (the update of a real
 # model makes several)
@@ -47,11 +48,15 @@ def library_dirs() -> list[Path]:
     return list(dict.fromkeys(dirs))
 
 
+def _preloadable(path: str) -> bool:
+    return not any(c.isspace() or c == ":" for c in path)  # LD_PRELOAD splits at both
+
+
 def find_tcmalloc(dirs: list[Path] | None = None) -> str | None:
-    """The first tcmalloc library in ``dirs`` (default :func:`library_dirs`), or None."""
+    """The first tcmalloc library in ``dirs`` (default :func:`library_dirs`) that ``LD_PRELOAD`` can name, or None."""
     for directory in library_dirs() if dirs is None else dirs:
         for name in TCMALLOC_NAMES:
-            if (directory / name).is_file():
+            if (directory / name).is_file() and _preloadable(str(directory / name)):
                 return str(directory / name)
     return None
 
@@ -66,7 +71,10 @@ def chosen_library(environ: dict[str, str], platform: str = sys.platform) -> str
         return None if _preloaded_allocators(environ) else find_tcmalloc()
     if not Path(choice).is_file():
         raise ValueError(f"{ENV}={choice!r}: no such library (use 'auto', 'system' or the path of a shared library)")
-    return choice
+    path = str(Path(choice).resolve())  # the children of a run may start elsewhere
+    if not _preloadable(path):
+        raise ValueError(f"{ENV}={choice!r}: LD_PRELOAD cannot name a path holding a space or ':'")
+    return path
 
 
 def _preloaded(environ) -> list[str]:
@@ -92,14 +100,34 @@ def current() -> str:
     return libs[0] if libs else "system"
 
 
+def relaunchable(orig_argv: list[str]) -> bool:
+    """Whether the interpreter's command line ``orig_argv`` starts latentrl itself, so that running it again
+    repeats exactly this command: the ``latentrl`` console script, ``-m latentrl.cli`` or ``-c CODE``. Not a
+    script read from stdin (``-``, consumed), not a program that runs the CLI inside itself (``runpy``, IPython's
+    ``%run``): re-executing those would restart something else."""
+    args, i = orig_argv[1:], 0
+    while i < len(args):
+        a = args[i]
+        if a.startswith("-m"):
+            return (a[2:] or (args[i + 1] if i + 1 < len(args) else "")) == "latentrl.cli"
+        if a.startswith("-c"):
+            return True
+        if a == "-" or not a.startswith("-"):
+            return a != "-" and Path(a).name == "latentrl"
+        i += 2 if a in ("-X", "-W") else 1  # the options whose value is the next word
+    return False  # an interactive interpreter
+
+
 def reexec() -> None:
     """Re-execute this process with the chosen allocator preloaded; returns only when nothing is to be done.
     The command line is the interpreter's own (``sys.orig_argv``), so a console script, ``python -m`` and
-    ``accelerate launch`` all come back as they were started."""
+    ``accelerate launch`` all come back as they were started (:func:`relaunchable` says when that holds)."""
+    if os.environ.get(DONE) or not sys.executable or not relaunchable(sys.orig_argv):
+        return
     library = chosen_library(dict(os.environ))
     env = preload_env(dict(os.environ), library) if library else None
-    if env is None or not sys.executable:
+    if env is None:
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**env, DONE: "1"})

@@ -18,6 +18,8 @@ class FiniteWatch:
         self.bad = torch.zeros((), dtype=torch.bool, device=device)
 
     def __call__(self, logits: torch.Tensor) -> torch.Tensor:
+        if logits.numel() == 0:
+            return logits
         lo, hi = torch.aminmax(logits)  # one pass; NaN propagates to both, +-inf shows at an end
         self.bad = self.bad | ~(torch.isfinite(lo) & torch.isfinite(hi))  # (isfinite().all(): 3 passes, 15x the time)
         return torch.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)
