@@ -7,7 +7,7 @@
 Each run is ``latentrl grpo`` in a fresh process with ``LATENTRL_ALLOCATOR`` set to one of ``--allocators``
 (``system``, ``auto`` = tcmalloc where found, or a library's path), 64 rollouts (8 prompts x 8) of the
 checkpoint (default: SmolLM2-135M converted by ``bench_soft.smollm2_folder``; ``tiny``: a 4 x 128 GPT-2 CoT-SFT'd
-once into a temporary folder), discrete decoding, the trainer's defaults otherwise. The runs alternate
+once into a temporary folder by ``bench_trl_grpo.build_checkpoint``), discrete decoding, the trainer's defaults otherwise. The runs alternate
 (system, auto, system, auto, ...). Per run: the median of the gaps between consecutive ``log.jsonl`` records
 (steps 2 on: the first warms up) and of each ``time/*`` phase, the child's minor page faults and system
 seconds (``getrusage`` of the finished child), and its logged losses and gradient norms, which must be equal
@@ -28,14 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_soft import smollm2_folder, start_result, write_result  # noqa: E402
+from bench_trl_grpo import build_checkpoint  # noqa: E402
 
-
-def tiny_checkpoint(workdir: Path) -> str:
-    out = workdir / "sft"
-    subprocess.run([sys.executable, "-m", "latentrl.cli", "sft", "mode=cot", f"output_dir={out}", "n_layer=4",
-                    "n_embd=128", "num_train_examples=2000", "num_train_epochs=1", "save_steps=0"],
-                   check=True, stdout=subprocess.DEVNULL)  # fmt: skip
-    return str(out / "final")
+from latentrl.train.run import read_log  # noqa: E402
 
 
 def one_run(checkpoint: str, allocator: str, args, out: Path) -> dict:
@@ -46,8 +41,7 @@ def one_run(checkpoint: str, allocator: str, args, out: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     subprocess.run(cmd, check=True, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines() if line.strip()]
-    steps = [r for r in records if "loss" in r]
+    steps = [r for r in read_log(out / "log.jsonl") if "loss" in r]
     gaps = [b["time"] - a["time"] for a, b in zip(steps, steps[1:])]
     phases = sorted({k for r in steps for k in r if k.startswith("time/")})
     return {
@@ -77,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         if args.checkpoint == "tiny":
-            checkpoint = tiny_checkpoint(work)
+            checkpoint = build_checkpoint(work / "sft")
         else:
             checkpoint = str(smollm2_folder(args.checkpoint)[0])
         allocators = args.allocators.split(",")

@@ -82,11 +82,14 @@ def test_main_never_reexecutes(monkeypatch, argv):
         main(argv)
 
 
+# the command's entry point, after a line saying what LD_PRELOAD is in the process running it
+PROBE = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
+
+
 def entry_point(env: dict, tmp_path: Path) -> list[str]:
     """Run the command's entry point under ``env`` (``LD_PRELOAD`` unset unless given): what ``LD_PRELOAD``
     was in each process that ran the code, in order."""
-    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
-    proc = subprocess.run([sys.executable, "-c", code, "--help"], env=clean_env(**env), capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-c", PROBE, "--help"], env=clean_env(**env), capture_output=True, text=True,
                           cwd=tmp_path, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     return [line.removeprefix("PRELOAD=") for line in proc.stdout.splitlines() if line.startswith("PRELOAD=")]
@@ -120,8 +123,7 @@ def test_only_a_command_line_that_starts_latentrl_is_run_again(argv, expected):
 def test_a_script_on_stdin_is_not_run_again(tmp_path):
     """``python - --help`` has consumed its stdin: a second process would read nothing and do nothing."""
     lib = fake_library(tmp_path / "lib", "libfakemalloc.so")
-    code = "import os; print('PRELOAD=' + os.environ.get('LD_PRELOAD', '-'), flush=True); from latentrl.cli import entry; entry()"
-    proc = subprocess.run([sys.executable, "-", "--help"], input=code, env=clean_env(LATENTRL_ALLOCATOR=lib),
+    proc = subprocess.run([sys.executable, "-", "--help"], input=PROBE, env=clean_env(LATENTRL_ALLOCATOR=lib),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0 and proc.stdout.count("PRELOAD=") == 1 and "usage: latentrl" in proc.stdout
 
