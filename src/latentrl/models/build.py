@@ -19,6 +19,7 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
+from latentrl.models.activations import use_fused_gelu
 from latentrl.models.attention import use_decode_attention
 from latentrl.models.tokenizer import LATENT_TOKENS, build_char_tokenizer
 
@@ -108,8 +109,16 @@ def build_tiny_model(
             if positions is not None:
                 positions.weight.normal_(0.0, 0.5)
     ban_layout_tokens(model, tokenizer)
-    use_decode_attention(model)
+    use_fast_kernels(model)
     return model, tokenizer
+
+
+def use_fast_kernels(model: PreTrainedModel) -> None:
+    """What every model latentrl builds or loads runs with: one-position attention on a CPU
+    (``latentrl.models.attention``) and GELU as one fused op (``latentrl.models.activations``). Both compute the
+    model's own function within float rounding, and neither is written to ``config.json``."""
+    use_decode_attention(model)
+    use_fused_gelu(model)
 
 
 def _first_line(err: BaseException) -> str:
@@ -163,7 +172,7 @@ def load_model(name_or_path: str, dtype: torch.dtype | None = None):
         raise CheckpointError(f"{name_or_path}: cannot load the checkpoint ({_first_line(err)})") from err
     if local:
         check_finite_weights(model, str(name_or_path))
-    use_decode_attention(model)
+    use_fast_kernels(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "left"
