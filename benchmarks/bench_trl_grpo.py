@@ -3,7 +3,7 @@
     python benchmarks/bench_trl_grpo.py [--checkpoint DIR] [--prompts 8] [--generations 8] \
         [--max-completion-length 32] [--steps 6] [--pairs 3] [--loss-type dapo] [--scale-rewards none] \
         [--trl-defaults | --bf16] [--latentrl-compile [static|dynamic]] [--compile-update] [--threads N] [--seed 0] \
-        [--out benchmarks/results/trl_grpo_step.json]
+        [--allocator system|tcmalloc] [--out benchmarks/results/trl_grpo_step.json]
 
 Both sides train the same HF folder: ``--checkpoint`` (e.g. ``/tmp/latentrl_smollm2``) or, without it,
 a tiny GPT-2 (4 layers x 128) CoT-SFT'd once by ``latentrl sft mode=cot`` into a temporary folder. Each
@@ -31,6 +31,9 @@ step, not timed, compiles; TRL is unchanged. ``--compile-update``: both sides co
 backward, latentrl with ``torch_compile_update`` (its recomputation's model calls through ``torch.compile``,
 dynamic shapes) and TRL with ``torch_compile`` (HF Trainer's: the model of the loss through ``torch.compile``);
 the first, untimed step compiles.
+``--allocator``: the memory allocator of both sides' processes, glibc's (``system``, the default, as in the earlier
+results) or tcmalloc preloaded into both (``tcmalloc``: what the ``latentrl`` command does by itself where the
+system has it, ``latentrl.allocator``; here TRL gets it too). Each run records the allocator it ran with.
 Not matched: the sampling streams (each side draws its own completions, hence the reported lengths),
 and on a checkpoint whose tokenizer lacks latentrl's three latent markers (SmolLM2) latentrl adds them
 (3 more embedding / head rows, initialised as eos's and banned from sampling: their logits are -1e4
@@ -254,6 +257,8 @@ def child(side: str, spec_path: str) -> None:
     quiet()
     import torch
 
+    from latentrl import allocator as alloc
+
     spec = json.loads(Path(spec_path).read_text())
     if spec["threads"]:
         torch.set_num_threads(spec["threads"])
@@ -261,13 +266,26 @@ def child(side: str, spec_path: str) -> None:
         load_before, t = os.getloadavg(), time.perf_counter()
         result = (run_latentrl if side == "latentrl" else run_trl)(spec, Path(work))
         result |= {"run_seconds": time.perf_counter() - t, "torch_threads": torch.get_num_threads(),
-                   "loadavg_before": load_before, "loadavg_after": os.getloadavg()}  # fmt: skip
+                   "allocator": alloc.current(), "loadavg_before": load_before, "loadavg_after": os.getloadavg()}  # fmt: skip
     print(CHILD_MARK + json.dumps(result), flush=True)
 
 
-def run_child(side: str, spec_path: Path) -> dict:
+def child_env(allocator: str) -> dict[str, str]:
+    """The children's environment: this one, with tcmalloc preloaded for ``allocator="tcmalloc"``."""
+    from latentrl import allocator as alloc
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} if allocator == "system" else dict(os.environ)
+    if allocator == "tcmalloc":
+        library = alloc.find_tcmalloc()
+        if library is None:
+            raise SystemExit("--allocator tcmalloc: no tcmalloc library found (apt install libtcmalloc-minimal4)")
+        env = alloc.preload_env(env, library) or env
+    return env
+
+
+def run_child(side: str, spec_path: Path, allocator: str = "system") -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--spec", str(spec_path)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env(allocator))
     if proc.returncode != 0:
         raise RuntimeError(f"{side} run failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     line = [ln for ln in proc.stdout.splitlines() if ln.startswith(CHILD_MARK)][-1]
@@ -285,7 +303,8 @@ def build_checkpoint(folder: Path) -> str:
 def run_pair(k: int, n: int, spec_path: Path) -> dict:
     """Pair ``k``: both sides, latentrl first in even pairs and TRL first in odd ones."""
     order = SIDES if k % 2 == 0 else SIDES[::-1]
-    pair = {"order": list(order), **{side: run_child(side, spec_path) for side in order}}
+    allocator = json.loads(spec_path.read_text()).get("allocator", "system")
+    pair = {"order": list(order), **{side: run_child(side, spec_path, allocator) for side in order}}
     med = {side: statistics.median(pair[side]["step_seconds"]) for side in SIDES}
     pair["ratio"] = med["latentrl"] / med["trl"]
     pair["ratio_cycle"] = med["latentrl"] / statistics.median(pair["trl"]["cycle_seconds"])
@@ -356,6 +375,8 @@ def main() -> None:
                          "torch_compile; the first, untimed step compiles)")  # fmt: skip
     ap.add_argument("--threads", type=int, default=0, help="torch threads in each run (0: torch's default)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--allocator", default="system", choices=["system", "tcmalloc"],
+                    help="both sides' memory allocator: glibc's, or tcmalloc preloaded (as the latentrl command does)")
     ap.add_argument("--out", default="benchmarks/results/trl_grpo_step.json")
     ap.add_argument("--child", choices=SIDES, help=argparse.SUPPRESS)
     ap.add_argument("--spec", help=argparse.SUPPRESS)
@@ -378,7 +399,7 @@ def main() -> None:
                 "scale_rewards": args.scale_rewards, "learning_rate": args.learning_rate, "threads": args.threads,
                 "seed": args.seed, "trl_defaults": args.trl_defaults,
                 "latentrl_compile": args.latentrl_compile, "compile_update": args.compile_update,
-                "bf16": args.bf16}  # fmt: skip
+                "bf16": args.bf16, "allocator": args.allocator}  # fmt: skip
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
         pairs = [run_pair(k, args.pairs, spec_path) for k in range(args.pairs)]
