@@ -356,15 +356,28 @@ def test_a_rows_tokens_do_not_depend_on_the_other_rows():
     assert other.completion_lists() != full.completion_lists()  # the seed does choose the draws
 
 
+def test_the_draw_table_is_each_steps_draws_bit_for_bit():
+    """``draw_table`` (all steps in one hash) against ``row_uniforms`` step by step; rows picked out of the table
+    (as the loop drops finished rows) are those rows' draws."""
+    from latentrl.models.sampling import draw_table, row_uniforms, sampling_keys
+
+    keys = sampling_keys(torch.tensor([0, 7, 3, 2**40]), torch.Generator().manual_seed(1))
+    table = draw_table(keys, 9)
+    assert table.shape == (4, 9) and table.dtype == torch.float64
+    assert torch.equal(table, torch.stack([row_uniforms(keys, t) for t in range(9)], 1))
+    assert torch.equal(draw_table(keys[[2, 0]], 9), table[[2, 0]])
+    assert ((table >= 0) & (table < 1)).all() and table.unique().numel() == table.numel()
+
+
 def test_inverse_cdf_sampler_matches_the_distribution():
     """The counter-based sampler against the categorical it samples: frequencies over 40,000 rows within 4
     standard errors of p, zero-probability ids never drawn, and the generator advancing once per call."""
-    from latentrl.models.sampling import sample_next, sampling_keys
+    from latentrl.models.sampling import row_uniforms, sample_next, sampling_keys
 
     p = torch.tensor([0.4, 0.0, 0.25, 0.2, 0.1, 0.05, 0.0])
     n = 40_000
     g = torch.Generator().manual_seed(0)
-    draws = sample_next(torch.log(p).expand(n, -1), 1.0, keys=sampling_keys(torch.arange(n), g), step=3)
+    draws = sample_next(torch.log(p).expand(n, -1), 1.0, u=row_uniforms(sampling_keys(torch.arange(n), g), 3))
     freq = torch.bincount(draws, minlength=len(p)).double() / n
     se = (p.double() * (1 - p.double()) / n).sqrt()
     assert (freq - p).abs().le(4 * se + 1e-12).all(), freq

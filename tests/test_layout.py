@@ -3,7 +3,7 @@
 import torch
 
 from latentrl.models import ThinkingConfig, build_char_tokenizer, collate, encode_example
-from latentrl.models.sampling import sample_next, sampling_keys
+from latentrl.models.sampling import row_uniforms, sample_next, sampling_keys
 from latentrl.models.layout import stage_plan
 
 
@@ -53,7 +53,7 @@ def test_collate_aligns_the_end_of_the_latent_block():
 def test_top_p_keeps_the_smallest_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     keys = sampling_keys(torch.arange(2000), torch.Generator().manual_seed(0))
-    draws = sample_next(logits.expand(2000, -1), 1.0, top_p=0.7, keys=keys)
+    draws = sample_next(logits.expand(2000, -1), 1.0, top_p=0.7, u=row_uniforms(keys, 0))
     assert set(draws.flatten().tolist()) == {0, 1}  # 0.5 + 0.3 >= 0.7: tokens 2 and 3 are cut
     freq0 = (draws == 0).float().mean().item()
     assert abs(freq0 - 0.5 / 0.8) < 0.04  # renormalised over the nucleus

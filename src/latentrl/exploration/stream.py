@@ -45,11 +45,12 @@ def splitmix64(z: torch.Tensor) -> torch.Tensor:
     return z ^ _shr(z, 31)
 
 
-def hash_uniform(seeds: torch.Tensor, site: int, layer: int, step: int, width: int) -> torch.Tensor:
+def hash_uniform(seeds: torch.Tensor, site: int, layer: int, step: int | torch.Tensor, width: int) -> torch.Tensor:
     """Uniforms in ``[0, 1)`` (multiples of 2**-24, float32): ``seeds [B]`` -> ``[B, width]``.
 
     Row ``b`` depends only on ``seeds[b]`` and the integers ``(site, layer, step, unit)``, and the
-    bits are the same on every device.
+    bits are the same on every device. ``step`` may be a ``[B]`` tensor, one step per row (many steps'
+    draws in one call).
     """
     key = splitmix64(seeds.long())  # [B]
     for part in (site, layer, step):

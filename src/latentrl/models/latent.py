@@ -23,7 +23,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from latentrl.errors import FiniteWatch
 from latentrl.exploration import Exploration, NoExploration
 from latentrl.models.reserved_cache import ReservedLayer, reserved_cache
-from latentrl.models.sampling import sample_next, sampling_keys
+from latentrl.models.sampling import draw_table, sample_next, sampling_keys
 from latentrl.models.thinking.logprobs import selected_logps
 from latentrl.models.thinking.soft import SoftTrace  # noqa: F401  (the Generation field's type)
 
@@ -308,10 +308,10 @@ def generate(
     latent &= prompt_mask.bool()
     B = prompt_ids.shape[0]
     seeds = torch.arange(B) if seeds is None else seeds
-    keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
+    draws = draw_table(sampling_keys(seeds, generator).to(device), max_new_tokens) if temperature > 0 else None  # [B, T]
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), device=device)
-    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
+    live, cache = _LiveRows.start(model, prompt_mask, draws, max_new_tokens, cache_implementation)
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache,
@@ -324,7 +324,7 @@ def generate(
         for t in range(max_new_tokens):
             exploration.set_phase("answer", t)  # the decoding steps are the answer phase
             logits = finite(logits)
-            tok = torch.where(live.done, pad_token_id, sample_next(logits, temperature, top_p, live.keys, t))
+            tok = torch.where(live.done, pad_token_id, sample_next(logits, temperature, top_p, live.draw(t)))
             tokens[live.rows, t] = tok
             logps[live.rows, t] = selected_logps(logits, tok, temperature)[0]
             live.done |= tok == eos_token_id
@@ -406,7 +406,7 @@ class _LiveRows:
     rows: torch.Tensor  # [b] row of the full batch
     mask: torch.Tensor  # [b, L] attention mask so far
     next_pos: torch.Tensor  # [b, 1] position of the next token
-    keys: torch.Tensor | None  # [b] sampling keys (None: greedy)
+    draws: torch.Tensor | None  # [b, T] each row's draw of each decoding step (None: greedy)
     first_slot: int | None = None  # static cache: the mask column of the first decoded token (None: dynamic)
     done: torch.Tensor = None  # [b] bool, the row has emitted eos
 
@@ -415,7 +415,7 @@ class _LiveRows:
             self.done = torch.zeros_like(self.rows, dtype=torch.bool)
 
     @classmethod
-    def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, cache_implementation: str):
+    def start(cls, model, prompt_mask: torch.Tensor, draws, max_new_tokens: int, cache_implementation: str):
         """Every row, and the KV cache to prefill: a dynamic one with the prompt + new tokens' positions reserved
         (``reserved_cache``: no per-step concatenation), or the model's static cache of a width rounded up to
         ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a full-width mask."""
@@ -424,9 +424,13 @@ class _LiveRows:
         (B, P), device, static = prompt_mask.shape, prompt_mask.device, cache_implementation == "static"
         width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
-        live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
+        live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, draws,
                    first_slot=P if static else None)  # fmt: skip
         return live, static_cache(model, B, width) if static else reserved_cache(model, P + max_new_tokens)
+
+    def draw(self, t: int) -> torch.Tensor | None:
+        """``[b]`` the live rows' draws of decoding step ``t`` (None: greedy)."""
+        return None if self.draws is None else self.draws[:, t]
 
     def open_slot(self, t: int) -> None:
         """The mask column of decoded token ``t`` opens: in place on the full-width mask of a static cache (the
@@ -439,7 +443,7 @@ class _LiveRows:
     def select(self, keep: torch.Tensor) -> None:
         """Only the rows ``keep [b']`` (indices into the current rows) stay."""
         self.rows, self.mask, self.next_pos, self.done = self.rows[keep], self.mask[keep], self.next_pos[keep], self.done[keep]
-        self.keys = None if self.keys is None else self.keys[keep]
+        self.draws = None if self.draws is None else self.draws[keep]
 
     def drop_finished(self, tok: torch.Tensor, cache: DynamicCache, exploration: Exploration) -> torch.Tensor:
         """Finished rows leave the batch (its KV cache and the exploration's rows too); returns ``tok``'s live rows."""

@@ -8,7 +8,8 @@ Every draw of row ``b`` at decoding step ``t`` is a pure function of the row's k
 
 So a row's tokens do not depend on the other rows of the batch, on their order, on how often the
 host checks for finished rows, or on whether finished rows have left the batch (the engine drops
-them); the generator advances by exactly one draw per call. The bits come from the exploration
+them); the generator advances by exactly one draw per call. A decoding loop hashes all of its draws
+before its first step (``draw_table``: one vectorised hash instead of one per step). The bits come from the exploration
 noise's stream (``latentrl.exploration.stream``), so they are the same on every device; the float
 cumulative sum is not bit-identical across devices, so a draw within rounding of a boundary can
 pick the neighbouring id there.
@@ -47,6 +48,15 @@ def row_uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
     return u[:, 0] + u[:, 1] * 2.0**-24
 
 
+def draw_table(keys: torch.Tensor, steps: int) -> torch.Tensor:
+    """``[B, steps]`` float64: row ``b``'s draw of every decoding step ``t < steps``, bit for bit
+    ``row_uniforms(keys, t)[b]``, in one hash over all steps (a decoding loop then reads a column a step)."""
+    B = keys.shape[0]
+    t = torch.arange(steps, device=keys.device).repeat(B)  # [B * steps], row-major
+    u = hash_uniform(keys.repeat_interleave(steps), SITE_IDS["sample"], 0, t, 2).double().view(B, steps, 2)
+    return u[..., 0] + u[..., 1] * 2.0**-24
+
+
 def inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """The id ``i`` with ``F(i-1) <= u * F(V-1) < F(i)``, ``F`` the cumulative sum: ``[B, V]``, ``[B]`` -> ``[B]``.
     An id of probability 0 is never chosen (its ``F(i) = F(i-1)``)."""
@@ -59,14 +69,13 @@ def sample_next(
     logits: torch.Tensor,  # [B, V]
     temperature: float,
     top_p: float = 1.0,
-    keys: torch.Tensor | None = None,  # [B] from sampling_keys
-    step: int = 0,
+    u: torch.Tensor | None = None,  # [B] the rows' draws of this step (row_uniforms, or a column of draw_table)
 ) -> torch.Tensor:  # [B]
     """Greedy when ``temperature == 0``; else nucleus sampling from ``softmax(logits / temperature)`` with
-    row ``b``'s draw ``row_uniforms(keys, step)[b]``."""
+    row ``b``'s draw ``u[b]``."""
     if temperature == 0:
         return logits.argmax(-1)
-    if keys is None:
-        raise ValueError("sampling at temperature > 0 needs the rows' keys (sampling_keys(seeds, generator))")
+    if u is None:
+        raise ValueError("sampling at temperature > 0 needs the rows' draws (row_uniforms(sampling_keys(...), step))")
     probs = nucleus(torch.softmax(logits.float() / temperature, dim=-1), top_p)
-    return inverse_cdf(probs, row_uniforms(keys.to(logits.device), step))
+    return inverse_cdf(probs, u.to(logits.device))
