@@ -8,13 +8,15 @@
 (b) the tiny GPT-2 (4 x 128, the demo's and the TRL benchmark's shape, untrained) through one update-sized forward
     and backward (64 rows x 40 positions, the log-probs of the last 33), with HF's modules and with the swap.
 (c) the token draws (``latentrl.models.sampling``): ``row_uniforms`` once per step for 32 steps against one
-    ``draw_table`` of 32 steps and a column read per step, 64 rows.
+    ``draw_table`` of 32 steps and a column read per step, 64 rows (the engine hashes blocks of ``DRAW_BLOCK`` = 64
+    steps as it reaches them).
 
 Variants alternate within each round; the figure is the median over rounds of each variant's time (µs or s).
 """
 
 from __future__ import annotations
 
+import argparse
 import copy
 import statistics
 import sys
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_soft import model_bench_args, start_result, write_result  # noqa: E402
+from bench_soft import start_result, write_result  # noqa: E402
 
 
 def seconds(fn, repeat: int) -> float:
@@ -85,23 +87,24 @@ def draws(rounds: int) -> dict:
     from latentrl.models.sampling import draw_table, row_uniforms, sampling_keys
 
     keys = sampling_keys(torch.arange(64), torch.Generator().manual_seed(0))
-    rows = torch.arange(64)
 
     def per_step():
         for t in range(32):
             row_uniforms(keys, t)
 
-    def table():
+    def table():  # as the loop reads it (``_LiveRows.draw``): a view of a column a step
         u = draw_table(keys, 32)
         for t in range(32):
-            u[rows, t]
+            u[:, t]
 
     assert torch.equal(draw_table(keys, 32)[:, 5], row_uniforms(keys, 5))
     return {"rollout_of_32_steps_us": {k: v * 1e6 for k, v in alternate({"per_step": per_step, "table": table}, rounds, 20).items()}}
 
 
 def main() -> None:
-    ap = model_bench_args(__doc__.splitlines()[0], "benchmarks/results/kernels.json")
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/kernels.json")
+    ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     result = start_result("kernels", args.threads)

@@ -271,7 +271,8 @@ def child(side: str, spec_path: str) -> None:
 
 
 def child_env(allocator: str) -> dict[str, str]:
-    """The children's environment: this one, with tcmalloc preloaded for ``allocator="tcmalloc"``."""
+    """The children's environment: this one without ``LD_PRELOAD`` for ``allocator="system"`` (any preloaded library
+    is dropped, not only an allocator), with tcmalloc preloaded for ``allocator="tcmalloc"``."""
     from latentrl import allocator as alloc
 
     env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"} if allocator == "system" else dict(os.environ)

@@ -64,6 +64,18 @@ def test_other_activations_and_hooked_modules_are_kept():
     model.transformer.h[0].mlp.act.register_forward_hook(lambda *a: None)
     assert use_fused_gelu(model) == 1
     assert type(model.transformer.h[0].mlp.act) is NewGELUActivation
+    model = gpt2()
+    model.transformer.h[1].mlp.act._hf_hook = object()  # accelerate's dispatch wraps forward instead of a hook
+    assert use_fused_gelu(model) == 1 and type(model.transformer.h[1].mlp.act) is NewGELUActivation
+
+
+def test_the_swap_keeps_train_and_eval_mode():
+    model = gpt2().eval()
+    use_fused_gelu(model)
+    assert not any(m.training for m in model.modules())
+    model = gpt2().train()
+    use_fused_gelu(model)
+    assert all(m.training for m in model.modules())
 
 
 def test_built_and_loaded_models_run_it_and_checkpoints_do_not_say_so(tmp_path):

@@ -366,7 +366,28 @@ def test_the_draw_table_is_each_steps_draws_bit_for_bit():
     assert table.shape == (4, 9) and table.dtype == torch.float64
     assert torch.equal(table, torch.stack([row_uniforms(keys, t) for t in range(9)], 1))
     assert torch.equal(draw_table(keys[[2, 0]], 9), table[[2, 0]])
+    assert torch.equal(draw_table(keys, 4, first=5), table[:, 5:])
     assert ((table >= 0) & (table < 1)).all() and table.unique().numel() == table.numel()
+
+
+def test_the_decoding_loop_reads_its_draws_in_blocks_bit_for_bit(monkeypatch):
+    """``_LiveRows.draw`` hashes ``DRAW_BLOCK`` steps when the loop reaches them: step by step it gives
+    ``row_uniforms`` of the live rows, across block edges and after rows leave mid-block; greedy gives None."""
+    import latentrl.models.latent as latent
+    from latentrl.models.sampling import row_uniforms, sampling_keys
+
+    monkeypatch.setattr(latent, "DRAW_BLOCK", 4)
+    keys = sampling_keys(torch.arange(6), torch.Generator().manual_seed(0))
+    state = lambda k: latent._LiveRows(torch.arange(6), torch.ones(6, 3, dtype=torch.long), torch.zeros(6, 1, dtype=torch.long), k)  # noqa: E731
+    live, rows = state(keys), torch.arange(6)
+    for t in range(11):
+        if t == 6:  # rows 1 and 4 leave in the middle of the second block
+            keep = torch.tensor([0, 2, 3, 5])
+            live.select(keep)
+            rows = rows[keep]
+        assert torch.equal(live.draw(t), row_uniforms(keys[rows], t)), t
+    assert live.draws.shape == (4, 4) and live.draws_from == 8
+    assert state(None).draw(0) is None
 
 
 def test_inverse_cdf_sampler_matches_the_distribution():

@@ -308,10 +308,10 @@ def generate(
     latent &= prompt_mask.bool()
     B = prompt_ids.shape[0]
     seeds = torch.arange(B) if seeds is None else seeds
-    draws = draw_table(sampling_keys(seeds, generator).to(device), max_new_tokens) if temperature > 0 else None  # [B, T]
+    keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None
     tokens = torch.full((B, max_new_tokens), pad_token_id, dtype=torch.long, device=device)
     logps = torch.zeros((B, max_new_tokens), device=device)
-    live, cache = _LiveRows.start(model, prompt_mask, draws, max_new_tokens, cache_implementation)
+    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
     decode_step = compiled_step(model, static) if torch_compile else model
     with exploration.session(model, seeds):
         out = latent_forward(model, prompt_ids, prompt_mask, latent, exploration, last_only=True, cache=cache,
@@ -399,6 +399,9 @@ def static_cache(model: PreTrainedModel, batch: int, width: int) -> StaticCache:
     return caches[key]
 
 
+DRAW_BLOCK = 64  # decoding steps whose token draws are hashed in one go (0.5 ms for 64 rows on a 2-core CPU)
+
+
 @dataclass
 class _LiveRows:
     """The rows still in the decoding batch: their index in the full batch and what their next step reads."""
@@ -406,16 +409,18 @@ class _LiveRows:
     rows: torch.Tensor  # [b] row of the full batch
     mask: torch.Tensor  # [b, L] attention mask so far
     next_pos: torch.Tensor  # [b, 1] position of the next token
-    draws: torch.Tensor | None  # [b, T] each row's draw of each decoding step (None: greedy)
+    keys: torch.Tensor | None  # [b] sampling keys (None: greedy)
     first_slot: int | None = None  # static cache: the mask column of the first decoded token (None: dynamic)
     done: torch.Tensor = None  # [b] bool, the row has emitted eos
+    draws: torch.Tensor | None = None  # [b, DRAW_BLOCK] the token draws of steps draws_from.. (hashed a block at once)
+    draws_from: int = 0
 
     def __post_init__(self):
         if self.done is None:
             self.done = torch.zeros_like(self.rows, dtype=torch.bool)
 
     @classmethod
-    def start(cls, model, prompt_mask: torch.Tensor, draws, max_new_tokens: int, cache_implementation: str):
+    def start(cls, model, prompt_mask: torch.Tensor, keys, max_new_tokens: int, cache_implementation: str):
         """Every row, and the KV cache to prefill: a dynamic one with the prompt + new tokens' positions reserved
         (``reserved_cache``: no per-step concatenation), or the model's static cache of a width rounded up to
         ``STATIC_BUCKET`` (batches of other prompt lengths share its shapes) with a full-width mask."""
@@ -424,13 +429,18 @@ class _LiveRows:
         (B, P), device, static = prompt_mask.shape, prompt_mask.device, cache_implementation == "static"
         width = -(-(P + max_new_tokens) // STATIC_BUCKET) * STATIC_BUCKET
         mask = torch.cat([prompt_mask, torch.zeros_like(prompt_mask[:, :1]).expand(-1, width - P)], 1) if static else prompt_mask
-        live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, draws,
+        live = cls(torch.arange(B, device=device), mask, position_ids_from_mask(prompt_mask)[:, -1:] + 1, keys,
                    first_slot=P if static else None)  # fmt: skip
         return live, static_cache(model, B, width) if static else reserved_cache(model, P + max_new_tokens)
 
     def draw(self, t: int) -> torch.Tensor | None:
-        """``[b]`` the live rows' draws of decoding step ``t`` (None: greedy)."""
-        return None if self.draws is None else self.draws[:, t]
+        """``[b]`` the live rows' token draws of decoding step ``t`` (None: greedy), from a table of
+        ``DRAW_BLOCK`` steps hashed when the loop reaches it."""
+        if self.keys is None:
+            return None
+        if self.draws is None or not self.draws_from <= t < self.draws_from + self.draws.shape[1]:
+            self.draws, self.draws_from = draw_table(self.keys, DRAW_BLOCK, first=t), t
+        return self.draws[:, t - self.draws_from]
 
     def open_slot(self, t: int) -> None:
         """The mask column of decoded token ``t`` opens: in place on the full-width mask of a static cache (the
@@ -443,6 +453,7 @@ class _LiveRows:
     def select(self, keep: torch.Tensor) -> None:
         """Only the rows ``keep [b']`` (indices into the current rows) stay."""
         self.rows, self.mask, self.next_pos, self.done = self.rows[keep], self.mask[keep], self.next_pos[keep], self.done[keep]
+        self.keys = None if self.keys is None else self.keys[keep]
         self.draws = None if self.draws is None else self.draws[keep]
 
     def drop_finished(self, tok: torch.Tensor, cache: DynamicCache, exploration: Exploration) -> torch.Tensor:

@@ -8,8 +8,8 @@ Every draw of row ``b`` at decoding step ``t`` is a pure function of the row's k
 
 So a row's tokens do not depend on the other rows of the batch, on their order, on how often the
 host checks for finished rows, or on whether finished rows have left the batch (the engine drops
-them); the generator advances by exactly one draw per call. A decoding loop hashes all of its draws
-before its first step (``draw_table``: one vectorised hash instead of one per step). The bits come from the exploration
+them); the generator advances by exactly one draw per call. A decoding loop hashes its draws for
+many steps at once (``draw_table``: one vectorised hash per block of steps instead of one per step). The bits come from the exploration
 noise's stream (``latentrl.exploration.stream``), so they are the same on every device; the float
 cumulative sum is not bit-identical across devices, so a draw within rounding of a boundary can
 pick the neighbouring id there.
@@ -48,11 +48,11 @@ def row_uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
     return u[:, 0] + u[:, 1] * 2.0**-24
 
 
-def draw_table(keys: torch.Tensor, steps: int) -> torch.Tensor:
-    """``[B, steps]`` float64: row ``b``'s draw of every decoding step ``t < steps``, bit for bit
-    ``row_uniforms(keys, t)[b]``, in one hash over all steps (a decoding loop then reads a column a step)."""
+def draw_table(keys: torch.Tensor, steps: int, first: int = 0) -> torch.Tensor:
+    """``[B, steps]`` float64: row ``b``'s draws of decoding steps ``first .. first + steps - 1``, bit for bit
+    ``row_uniforms(keys, t)[b]``, in one hash over all of them (a decoding loop then reads a column a step)."""
     B = keys.shape[0]
-    t = torch.arange(steps, device=keys.device).repeat(B)  # [B * steps], row-major
+    t = torch.arange(first, first + steps, device=keys.device).repeat(B)  # [B * steps], row-major
     u = hash_uniform(keys.repeat_interleave(steps), SITE_IDS["sample"], 0, t, 2).double().view(B, steps, 2)
     return u[..., 0] + u[..., 1] * 2.0**-24
 

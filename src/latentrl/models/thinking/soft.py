@@ -168,12 +168,12 @@ def soft_generate(model, prompt_ids, prompt_mask, *, settings: SoftSettings, noi
     seed, so none of these settings changes the result.
     """
     from latentrl.models.latent import CACHE_KWARG, _LiveRows, compiled_step, latent_forward
-    from latentrl.models.sampling import draw_table, sample_next, sampling_keys
+    from latentrl.models.sampling import sample_next, sampling_keys
 
     table = model.get_input_embeddings().weight  # [V, D]
     B, device, static = prompt_ids.shape[0], prompt_ids.device, cache_implementation == "static"
-    draws = draw_table(sampling_keys(seeds, generator).to(device), max_new_tokens) if temperature > 0 else None  # [B, T]
-    live, cache = _LiveRows.start(model, prompt_mask, draws, max_new_tokens, cache_implementation)
+    keys = sampling_keys(seeds, generator).to(device) if temperature > 0 else None  # the answer tokens' draws
+    live, cache = _LiveRows.start(model, prompt_mask, keys, max_new_tokens, cache_implementation)
     decode_step = compiled_step(model, static) if torch_compile else model
     no_latent = torch.zeros_like(prompt_ids, dtype=torch.bool)  # (the noise acts on the steps, not the model)
     logits = latent_forward(model, prompt_ids, prompt_mask, no_latent, last_only=True, cache=cache, share_prefill=True).logits[:, -1]
