@@ -284,7 +284,7 @@ def child_env(allocator: str) -> dict[str, str]:
     return env
 
 
-def run_child(side: str, spec_path: Path, allocator: str = "system") -> dict:
+def run_child(side: str, spec_path: Path, allocator: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", side, "--spec", str(spec_path)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=child_env(allocator))
     if proc.returncode != 0:
@@ -301,10 +301,9 @@ def build_checkpoint(folder: Path) -> str:
     return str(folder / "final")
 
 
-def run_pair(k: int, n: int, spec_path: Path) -> dict:
+def run_pair(k: int, n: int, spec_path: Path, allocator: str) -> dict:
     """Pair ``k``: both sides, latentrl first in even pairs and TRL first in odd ones."""
     order = SIDES if k % 2 == 0 else SIDES[::-1]
-    allocator = json.loads(spec_path.read_text()).get("allocator", "system")
     pair = {"order": list(order), **{side: run_child(side, spec_path, allocator) for side in order}}
     med = {side: statistics.median(pair[side]["step_seconds"]) for side in SIDES}
     pair["ratio"] = med["latentrl"] / med["trl"]
@@ -403,7 +402,7 @@ def main() -> None:
                 "bf16": args.bf16, "allocator": args.allocator}  # fmt: skip
         spec_path = Path(tmp) / "spec.json"
         spec_path.write_text(json.dumps(spec))
-        pairs = [run_pair(k, args.pairs, spec_path) for k in range(args.pairs)]
+        pairs = [run_pair(k, args.pairs, spec_path, args.allocator) for k in range(args.pairs)]
     setup = {**spec, "checkpoint": args.checkpoint or TINY, "rollouts": args.prompts * args.generations,
              "pairs": args.pairs, "task": "arith", "temperature": 1.0, "top_p": 1.0, "top_k": "off (TRL top_k=0)",
              "beta": 0.0, "num_iterations": 1, "epsilon": 0.2, "optimizer": "torch.optim.AdamW, weight decay 0",

@@ -13,9 +13,8 @@ the tiny GPT-2's update-sized forward and backward (64 × 40 positions) from 0.2
 
 :func:`use_fused_gelu` swaps the modules of a model that latentrl builds or loads. The result equals the
 Python formula within float rounding (the tests hold both within 1e-6 of the formula in float64), so a sampled
-token within rounding of
-its draw's boundary can flip. ``config.json`` keeps the model's own name, and a checkpoint loads with plain
-``transformers`` as before.
+token within rounding of its draw's boundary can flip. ``config.json`` keeps the model's own name, and a
+checkpoint loads with plain ``transformers`` as before.
 """
 
 from __future__ import annotations

@@ -9,10 +9,10 @@ Every draw of row ``b`` at decoding step ``t`` is a pure function of the row's k
 So a row's tokens do not depend on the other rows of the batch, on their order, on how often the
 host checks for finished rows, or on whether finished rows have left the batch (the engine drops
 them); the generator advances by exactly one draw per call. A decoding loop hashes its draws for
-many steps at once (``draw_table``: one vectorised hash per block of steps instead of one per step). The bits come from the exploration
-noise's stream (``latentrl.exploration.stream``), so they are the same on every device; the float
-cumulative sum is not bit-identical across devices, so a draw within rounding of a boundary can
-pick the neighbouring id there.
+many steps at once (``draw_table``: one vectorised hash per block of steps instead of one per step).
+The bits come from the exploration noise's stream (``latentrl.exploration.stream``), so they are the
+same on every device; the float cumulative sum is not bit-identical across devices, so a draw within
+rounding of a boundary can pick the neighbouring id there.
 
 Shape legend: ``B`` rows, ``V`` vocabulary.
 """
